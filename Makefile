@@ -1,0 +1,26 @@
+# make demo — set up .venv and run the end-to-end quickstart on the embedded default
+# make test — set up .venv and run the whole test suite
+VENV   := .venv
+PYTHON ?= python3
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	# constraints.txt pins every package (torch stays the CPU 2.13.0 build)
+	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/hkllm quickstart
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/variety.py
+	$(VENV)/bin/python benchmarks/data_pipeline.py
+
+clean:
+	rm -rf runs .pytest_cache

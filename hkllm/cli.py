@@ -1,0 +1,56 @@
+"""The `hkllm` command: one entry point, one sub-command per stage.
+
+    hkllm --help
+    hkllm quickstart            # the end-to-end demo on the embedded default
+    hkllm text detect < lines.txt
+    hkllm data build recipes/data/demo.yaml --out runs/data
+
+Each stage package registers its own sub-commands (`add_parser`) and imports its heavy
+dependencies only when its command runs, so `hkllm --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hkllm import __version__
+
+
+class UserError(Exception):
+    """An error in the user's input (recipe, file, argument): printed without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hkllm import quickstart
+    from hkllm.data import cli as data_cli
+    from hkllm.text import cli as text_cli
+
+    parser = argparse.ArgumentParser(
+        prog="hkllm",
+        description="Make and run a Hong Kong-localized LLM: data → train → eval → serve. "
+        "建立及運行香港本地化大型語言模型。",
+        epilog="Run `hkllm COMMAND --help` for each command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"hkllm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    quickstart.add_parser(sub)
+    text_cli.add_parser(sub)
+    data_cli.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except UserError as e:
+        print(f"hkllm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hkllm: interrupted (已中斷); finished work is kept, re-run to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

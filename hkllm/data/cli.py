@@ -1,0 +1,39 @@
+"""`hkllm data build RECIPE.yaml --out DIR`: build a localization corpus (see hkllm/data/build.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _build(args) -> int:
+    from hkllm.data.build import build
+    from hkllm.data.card import render_markdown
+    from hkllm.data.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    if args.workers:
+        recipe.workers = args.workers
+    card = build(recipe, Path(args.out), force=args.force, progress=not args.quiet)
+    if not args.quiet:
+        print(render_markdown(card))
+    print(f"corpus written to {args.out} (train/, heldout/, datacard.md) / 語料已寫入 {args.out}")
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    data = subparsers.add_parser("data", help="build the localization corpus (datatrove pipeline)",
+                                 description="Corpus building for Hong Kong localization.")
+    sub = data.add_subparsers(dest="data_command", required=True, metavar="{build}")
+    p = sub.add_parser(
+        "build", help="read, clean, dedup, decontaminate, split and mix sources into a corpus",
+        description="Run a data recipe: read sources → normalize → detect variety → redact → quality filters → "
+        "exact dedup → MinHash near-dedup → decontamination → train/held-out split → mix. "
+        "Re-running the same command resumes: finished tasks are skipped.",
+        epilog="example: hkllm data build recipes/data/demo.yaml --out runs/data",
+    )
+    p.add_argument("recipe", help="recipe YAML (see recipes/data/demo.yaml)")
+    p.add_argument("--out", required=True, help="output folder (created; resumed if it holds this recipe's build)")
+    p.add_argument("--workers", type=int, default=0, help="parallel tasks (default: the recipe's 'workers')")
+    p.add_argument("--force", action="store_true", help="delete an existing build in --out and start again")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no data card on screen")
+    p.set_defaults(func=_build)
