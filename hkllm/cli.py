@@ -15,10 +15,7 @@ import argparse
 import sys
 
 from hkllm import __version__
-
-
-class UserError(Exception):
-    """An error in the user's input (recipe, file, argument): printed without a traceback."""
+from hkllm.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:

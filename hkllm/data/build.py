@@ -27,7 +27,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from hkllm.cli import UserError
+from hkllm.errors import UserError
 from hkllm.data.recipe import Recipe
 
 STAGES = ("prepare", "signatures", "buckets", "clusters", "filter", "mix")

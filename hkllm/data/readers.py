@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import string
 from pathlib import Path
 from typing import Iterator
 
@@ -18,7 +17,7 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.logging import logger
 
-from hkllm.data.recipe import Recipe, RecipeError, Source
+from hkllm.data.recipe import Recipe, RecipeError, Source, template_fields
 
 _SUFFIXES = {
     "jsonl": (".jsonl", ".json"),
@@ -149,8 +148,7 @@ class TableSource(SourceReader):
                 yield i, row
 
     def check_template(self, columns: list[str], rel: str) -> None:
-        fields = {f for _, f, _, _ in string.Formatter().parse(self.source.template) if f}
-        unknown = sorted(f for f in fields if f.split(".")[0].split("[")[0] not in columns)
+        unknown = sorted(template_fields(self.source.template) - set(columns))
         if unknown:
             raise RecipeError(self.recipe.file, f"sources[{self.source.name}].template",
                               f"column(s) {', '.join(unknown)} not in {rel} (columns: {', '.join(columns)})")

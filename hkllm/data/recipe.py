@@ -6,23 +6,26 @@ keep). See recipes/data/demo.yaml for a complete, commented example.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import json
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from hkllm.cli import UserError
+from hkllm.errors import UserError
 
 SOURCE_TYPES = ("jsonl", "parquet", "table", "html", "pdf", "text", "pycantonese", "pydoc")
 
 
 class RecipeError(UserError):
-    def __init__(self, path: str | Path, field_name: str, message: str):
-        super().__init__(f"{path}: field '{field_name}': {message}")
+    def __init__(self, path: str | Path, field_name: str | None = None, message: str | None = None):
+        # One-argument form too, so the error survives pickling out of a worker process.
+        super().__init__(f"{path}: field '{field_name}': {message}" if field_name else str(path))
 
 
 @dataclass
@@ -165,6 +168,24 @@ def load_recipe(path: str | Path) -> Recipe:
     return recipe
 
 
+def template_fields(template: str) -> set[str]:
+    return {f.split(".")[0].split("[")[0] for _, f, _, _ in string.Formatter().parse(template) if f}
+
+
+def _check_template_columns(r: Recipe, s: Source, where: str) -> None:
+    """Fail before any work starts if a CSV table lacks a column the template uses."""
+    root = r.resolve(s.path)
+    files = sorted(root.rglob("*.csv")) if root.is_dir() else sorted(root.parent.glob(root.name))
+    for f in files:
+        if f.suffix.lower() != ".csv":
+            continue
+        with open(f, encoding="utf-8-sig", newline="") as fh:
+            columns = next(csv.reader(fh), [])
+        missing = sorted(template_fields(s.template) - set(columns))
+        if missing:
+            raise RecipeError(r.file, where, f"column(s) {', '.join(missing)} not in {f.name} (columns: {', '.join(columns)})")
+
+
 def _validate(r: Recipe) -> None:
     p = r.file
     names = set()
@@ -182,6 +203,8 @@ def _validate(r: Recipe) -> None:
                 raise RecipeError(p, f"{where}.path", f"no file matches {r.resolve(s.path)}")
         if s.type == "table" and not s.template:
             raise RecipeError(p, f"{where}.template", "required for type 'table' (e.g. \"{name} is in {district}.\")")
+        if s.type == "table":
+            _check_template_columns(r, s, f"{where}.template")
         if s.type == "pycantonese" and s.corpus not in ("hkcancor", "ctcpc"):
             raise RecipeError(p, f"{where}.corpus", "must be 'hkcancor' or 'ctcpc'")
         if s.type == "text" and s.split not in ("file", "paragraph"):

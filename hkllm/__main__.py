@@ -1,0 +1,5 @@
+import sys
+
+from hkllm.cli import main
+
+sys.exit(main())
