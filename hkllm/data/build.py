@@ -24,13 +24,11 @@ import os
 import shutil
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
-from hkllm.errors import UserError
 from hkllm.data.recipe import Recipe
-
-STAGES = ("prepare", "signatures", "buckets", "clusters", "filter", "mix")
+from hkllm.errors import UserError
 
 
 @contextlib.contextmanager
@@ -75,10 +73,10 @@ class PartitionReader:
         self.folder = folder
 
     def __call__(self, data=None, rank: int = 0, world_size: int = 1):
-        reader = _jsonl_reader(self.folder / f"{rank:05d}")
-        if not (self.folder / f"{rank:05d}").exists():
+        partition = self.folder / f"{rank:05d}"
+        if not partition.exists():  # no document hashed into this partition
             return iter(())
-        return reader(data, 0, 1)
+        return _jsonl_reader(partition)(data, 0, 1)
 
 
 class PartitionTag:
@@ -121,19 +119,16 @@ def _step_stats(logs: Path, name: str) -> Counter:
 def _check_fingerprint(recipe: Recipe, out: Path, force: bool) -> None:
     marker = out / "_work" / "recipe.json"
     fingerprint = recipe.fingerprint()
-    if marker.exists():
-        previous = json.loads(marker.read_text()).get("fingerprint")
-        if previous != fingerprint:
-            if not force:
-                raise UserError(
-                    f"{out} was built from a different recipe (or version of it). Use another --out, "
-                    f"or --force to delete it and rebuild. / 輸出目錄由另一份配方建立；請改用新目錄或加 --force。"
-                )
-            shutil.rmtree(out)
-    elif out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"{out} exists and is not an hkllm data build; choose an empty or new --out (or --force)")
-    elif force and out.exists():
+    if force and out.exists():
         shutil.rmtree(out)
+    elif marker.exists():
+        if json.loads(marker.read_text()).get("fingerprint") != fingerprint:
+            raise UserError(
+                f"{out} was built from a different recipe (or version of it). Use another --out, "
+                f"or --force to delete it and rebuild. / 輸出目錄由另一份配方建立；請改用新目錄或加 --force。"
+            )
+    elif out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not an hkllm data build; choose an empty or new --out (or --force)")
     marker.parent.mkdir(parents=True, exist_ok=True)
     tmp = marker.with_suffix(".tmp")
     tmp.write_text(json.dumps({"fingerprint": fingerprint, "recipe": str(recipe.file)}))

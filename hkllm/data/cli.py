@@ -28,7 +28,8 @@ def add_parser(subparsers) -> None:
         "build", help="read, clean, dedup, decontaminate, split and mix sources into a corpus",
         description="Run a data recipe: read sources → normalize → detect variety → redact → quality filters → "
         "exact dedup → MinHash near-dedup → decontamination → train/held-out split → mix. "
-        "Re-running the same command resumes: finished tasks are skipped.",
+        "Re-running the same command resumes: finished tasks are skipped (if you changed the input files, "
+        "add --force to rebuild).",
         epilog="example: hkllm data build recipes/data/demo.yaml --out runs/data",
     )
     p.add_argument("recipe", help="recipe YAML (see recipes/data/demo.yaml)")

@@ -24,6 +24,9 @@ def stable_hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
 
 
+_HAN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+
+
 # --- transforms ---------------------------------------------------------------------------------
 class Normalize(PipelineStep):
     """Clean text (controls, widths, spaces); optionally Traditional text to HK character forms."""
@@ -39,7 +42,7 @@ class Normalize(PipelineStep):
         for doc in data:
             with self.track_time():
                 text = clean(doc.text)
-                if self.hk_forms:
+                if self.hk_forms and _HAN.search(text):
                     # tw2t then t2hk: Taiwan and OpenCC forms → HK forms; Simplified passes through.
                     text = _opencc("t2hk").convert(_opencc("tw2t").convert(text))
                 if text != doc.text:

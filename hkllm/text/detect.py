@@ -186,7 +186,7 @@ _CLASSIFIER_OPENING_RE = re.compile(r"(?:^|[。！？，；\n])\s*[個隻條部�
 # Everyday English words dropped into Chinese ("幫我 mark 低", "去 trip") mark Hong Kong code-mixing;
 # acronyms and capitalised names (MTR, iAM Smart) appear in Standard Written Chinese too.
 _LOWERCASE_WORD_RE = re.compile(r"(?<![A-Za-z])[a-z]{3,}(?![A-Za-z])")
-_URL_OR_EMAIL_RE = re.compile(r"(?:https?://|www\.)\S+|\S+@\S+|\b[\w-]+(?:\.[\w-]+)+\b")
+_URL_OR_EMAIL_RE = re.compile(r"(?:https?://|www\.)[!-~]+|[\w.+-]+@[\w.-]+|\b[\w-]+(?:\.[\w-]+)+\b", re.ASCII)
 
 
 def cantonese_score(text: str) -> float:
