@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hkllm import quickstart
     from hkllm.data import cli as data_cli
     from hkllm.text import cli as text_cli
+    from hkllm.train import cli as train_cli
 
     parser = argparse.ArgumentParser(
         prog="hkllm",
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     quickstart.add_parser(sub)
     text_cli.add_parser(sub)
     data_cli.add_parser(sub)
+    train_cli.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,124 @@
+"""Text for training and evaluation: read sources, mix in replay, pack into token blocks.
+
+A source is `{path: ..., variety: ..., split: train|heldout|all}` where path is
+- a `hkllm data build` output folder (split picks its train/ or heldout/ shards; documents keep
+  their `variety`, and those flagged `replay` join the replay pool),
+- a JSONL file or a folder of JSONL files (field `text`; `variety` from the record, its
+  `metadata`, or the source), split into train/held-out by a hash of the text (10% held out),
+- `pydoc:`, the English prose that ships with Python.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hkllm.data.steps import stable_hash
+from hkllm.errors import UserError
+
+HELDOUT_PERCENT = 10
+
+
+def _records(path: str, split: str) -> list[dict]:
+    if path == "pydoc:":
+        from pydoc_data.topics import topics
+
+        return [{"text": t, "variety": "en"} for _, t in sorted(topics.items())]
+    p = Path(path)
+    if (p / "datacard.json").exists():
+        files = sorted((p / ("heldout" if split == "heldout" else "train")).glob("*.jsonl"))
+    elif p.is_dir():
+        files = sorted(p.rglob("*.jsonl"))
+    elif p.exists():
+        files = [p]
+    else:
+        raise UserError(f"data source not found: {path}")
+    records = []
+    for f in files:
+        with open(f, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    text = rec["text"]
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise UserError(f"{f}:{lineno}: expected a JSON object with a 'text' field ({e})") from None
+                meta = rec.get("metadata") or {}
+                records.append({"text": text, "variety": rec.get("variety") or meta.get("variety"),
+                                "replay": bool(meta.get("replay"))})
+    return records
+
+
+def read_source(spec: dict | str, default_split: str) -> list[dict]:
+    spec = {"path": spec} if isinstance(spec, str) else dict(spec)
+    if "path" not in spec:
+        raise UserError(f"data source {spec} has no 'path'")
+    split = spec.get("split", default_split)
+    if split not in ("train", "heldout", "all"):
+        raise UserError(f"data source {spec['path']}: split must be train, heldout or all")
+    records = _records(str(spec["path"]), split)
+    if not (spec["path"] != "pydoc:" and (Path(spec["path"]) / "datacard.json").exists()) and split != "all":
+        want_heldout = split == "heldout"
+        records = [r for r in records if (stable_hash("heldout:" + r["text"]) % 100 < HELDOUT_PERCENT) == want_heldout]
+    for r in records:
+        r["variety"] = spec.get("variety") or r["variety"] or "unknown"
+    return records
+
+
+def read_sources(specs: list, default_split: str) -> list[dict]:
+    return [r for spec in specs for r in read_source(spec, default_split)]
+
+
+def by_variety(records: list[dict], max_chars: int = 0) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    used: dict[str, int] = {}
+    for r in records:
+        v = r["variety"]
+        if max_chars and used.get(v, 0) >= max_chars:
+            continue
+        text = r["text"][: max_chars - used.get(v, 0)] if max_chars else r["text"]
+        out.setdefault(v, []).append(text)
+        used[v] = used.get(v, 0) + len(text)
+    return out
+
+
+def with_replay(local: list[dict], replay: list[dict], share: float, seed: int = 0) -> list[dict]:
+    """Local documents plus replay documents making up `share` of the characters.
+
+    Replay documents are drawn in a fixed pseudo-random order, cycling if the pool is small.
+    """
+    local = [r for r in local if not r.get("replay")]
+    if share <= 0:
+        return local
+    if not replay:
+        raise UserError("data.replay_share > 0 but data.replay has no documents")
+    need = share / (1 - share) * sum(len(r["text"]) for r in local)
+    order = sorted(replay, key=lambda r: stable_hash(f"replay:{seed}:{r['text']}"))
+    picked, got, i = [], 0, 0
+    while got < need:
+        r = order[i % len(order)]
+        picked.append(r)
+        got += len(r["text"])
+        i += 1
+    return local + picked
+
+
+def pack(texts: list[str], tokenizer, seq_len: int, seed: int = 0):
+    """Concatenate documents (separated by the end-of-text token) and cut into blocks of
+    seq_len tokens, in a fixed shuffled document order. Returns a LongTensor [blocks, seq_len]."""
+    import torch
+
+    order = sorted(range(len(texts)), key=lambda i: stable_hash(f"pack:{seed}:{i}"))
+    ids: list[int] = []
+    sep = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    if sep is None or sep == tokenizer.unk_token_id:
+        sep = tokenizer.eos_token_id
+    encoded = tokenizer([texts[i] for i in order], add_special_tokens=False)["input_ids"]
+    for doc in encoded:
+        ids.extend(doc)
+        ids.append(sep)
+    n = len(ids) // seq_len
+    if n == 0:
+        raise UserError(f"not enough training text for one block of {seq_len} tokens")
+    return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)

@@ -1,0 +1,144 @@
+"""Recipe for `hkllm train base` and `hkllm train cpt`: causal-LM training on plain text.
+
+    hkllm train base recipes/tiny/base.yaml     # a tiny general model from scratch
+    hkllm train cpt  recipes/tiny/cpt.yaml      # continued pre-training on Hong Kong text, with replay
+
+setup: tokenizer and model (new, or any Hugging Face causal LM folder/id), training text
+       (local text plus replay of the original domain at `data.replay_share`), packed blocks,
+       held-out text per variety.
+train: transformers Trainer; bits-per-byte per variety before and after.
+save:  the model folder (see hkllm/train/run.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hkllm.errors import UserError
+from hkllm.train import data as D
+from hkllm.train.metrics import bpb_by_variety
+from hkllm.train.recipe import Recipe, to_yaml
+from hkllm.train.run import ProgressAndLog, last_checkpoint, plot_loss, save_model, training_arguments, write_atomic
+
+
+class Blocks:
+    """Packed token blocks as a torch-style dataset for the Trainer."""
+
+    def __init__(self, blocks):
+        self.blocks = blocks
+
+    def __len__(self):
+        return len(self.blocks)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.blocks[i], "labels": self.blocks[i]}
+
+
+def new_model(spec, tokenizer):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    if spec.arch != "llama":
+        raise UserError(f"model.arch {spec.arch!r}: only 'llama' models are built from scratch; "
+                        "set model.path to train any other Hugging Face causal LM")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_heads,
+        max_position_embeddings=spec.max_position, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return AutoModelForCausalLM.from_config(config)
+
+
+def load_model(path: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
+    except (OSError, ValueError) as e:
+        raise UserError(f"model.path {path!r} is not a loadable Hugging Face causal LM: {e}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+@dataclass
+class Setup:
+    model: object
+    tokenizer: object
+    train_blocks: object
+    eval_texts: dict
+    train_chars: dict
+
+
+def setup(recipe: Recipe) -> Setup:
+    import torch
+
+    torch.manual_seed(recipe.train.seed)
+    local = D.read_sources(recipe.data.train, "train")
+    replay = D.read_sources(recipe.data.replay, "train") + [r for r in local if r.get("replay")]
+    docs = D.with_replay(local, replay, recipe.data.replay_share, seed=recipe.train.seed)
+    if not docs:
+        raise UserError("data.train has no documents")
+    if recipe.model.path:
+        model, tokenizer = load_model(recipe.model.path)
+    else:
+        from hkllm.train.tokenizer import train_tokenizer
+
+        corpus = [d["text"] for d in docs] + [d["text"] for d in D.read_sources(recipe.eval, "train")]
+        tokenizer = train_tokenizer(corpus, vocab_size=recipe.model.vocab_size)
+        model = new_model(recipe.model, tokenizer)
+    chars: dict[str, int] = {}
+    for d in docs:
+        key = "replay" if d in replay else d["variety"]
+        chars[key] = chars.get(key, 0) + len(d["text"])
+    blocks = D.pack([d["text"] for d in docs], tokenizer, recipe.train.seq_len, seed=recipe.train.seed)
+    eval_texts = D.by_variety(D.read_sources(recipe.eval, "heldout"), recipe.eval_max_chars)
+    return Setup(model, tokenizer, blocks, eval_texts, chars)
+
+
+def train(recipe: Recipe, s: Setup, out: Path) -> dict:
+    from transformers import PrinterCallback, Trainer, TrainingArguments, default_data_collator
+
+    t = recipe.train
+    before = bpb_by_variety(s.model, s.tokenizer, s.eval_texts, recipe.train.seq_len)
+    tokens_per_step = t.batch_size * t.grad_accum * t.seq_len
+    args = TrainingArguments(**training_arguments(recipe, out))
+    trainer = Trainer(model=s.model, args=args, train_dataset=Blocks(s.train_blocks), data_collator=default_data_collator,
+                      callbacks=[ProgressAndLog(out, tokens_per_step, f"{recipe.stage} {out.name}")])
+    trainer.remove_callback(PrinterCallback)  # our progress bar and train_log.jsonl replace its prints
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=last_checkpoint(out))
+    seconds = time.time() - started
+    after = bpb_by_variety(s.model, s.tokenizer, s.eval_texts, recipe.train.seq_len)
+    return {
+        "stage": recipe.stage,
+        "bpb_before": before,
+        "bpb_after": after,
+        "final_loss": round(result.training_loss, 4),
+        "steps": result.global_step,
+        "train_tokens": result.global_step * tokens_per_step,
+        "tokens_per_second": round(result.global_step * tokens_per_step / max(seconds, 1e-9), 1),
+        "train_characters": s.train_chars,
+        "replay_share": recipe.data.replay_share,
+        "parameters": sum(p.numel() for p in s.model.parameters()),
+    }
+
+
+def save(recipe: Recipe, s: Setup, out: Path, metrics: dict) -> None:
+    save_model(s.model, s.tokenizer, out)
+    plot_loss(out)
+    write_atomic(out / "metrics.json", json.dumps(metrics, ensure_ascii=False, indent=1))
+
+
+def run(recipe: Recipe, command: str) -> dict:
+    out = Path(recipe.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "recipe.yaml", to_yaml(recipe, command))
+    s = setup(recipe)
+    metrics = train(recipe, s, out)
+    save(recipe, s, out, metrics)
+    return metrics

@@ -1,0 +1,132 @@
+"""What every training stage shares: the run folder, progress, logs, plots and the final save.
+
+A run folder holds the Hugging Face model (safetensors, config, tokenizer with its chat
+template, generation_config.json), train_log.jsonl, loss.png, metrics.json and recipe.yaml.
+Files are written to a temporary name and renamed, so a crash never leaves a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+class ProgressAndLog(TrainerCallback):
+    """A progress bar with loss, tokens/s and ETA, and train_log.jsonl (one JSON line per log)."""
+
+    def __init__(self, out: Path, tokens_per_step: int, desc: str):
+        self.log_path = out / "train_log.jsonl"
+        self.tokens_per_step = tokens_per_step
+        self.desc = desc
+        self.bar = None
+        self.start = 0.0
+        self.start_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from tqdm import tqdm
+
+        self.start, self.start_step = time.time(), state.global_step
+        self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=self.desc, unit="step",
+                        dynamic_ncols=True)
+
+    def tokens_per_second(self, state) -> float:
+        elapsed = max(time.time() - self.start, 1e-9)
+        return (state.global_step - self.start_step) * self.tokens_per_step / elapsed
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(tok_s=f"{self.tokens_per_second(state):,.0f}")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or not state.is_world_process_zero:
+            return
+        entry = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))},
+                 "tokens_per_second": round(self.tokens_per_second(state), 1), "time": round(time.time(), 3)}
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+        if self.bar is not None and "loss" in logs:
+            self.bar.set_postfix(loss=f"{logs['loss']:.3f}", tok_s=f"{self.tokens_per_second(state):,.0f}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def plot_loss(out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "loss" in r]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], marker=".")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(out.name)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = out / "loss.tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(out / "loss.png")
+
+
+def generation_config(tokenizer):
+    from transformers import GenerationConfig
+
+    stop = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    stop = [i for i in stop if i is not None and i != tokenizer.unk_token_id] or [tokenizer.eos_token_id]
+    # do_sample=True: engines that honour generation_config then sample at temperature 1 when
+    # asked to; hkllm serve's consistency mode requests greedy decoding explicitly.
+    return GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=stop, pad_token_id=tokenizer.pad_token_id,
+                            do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=256)
+
+
+def save_model(model, tokenizer, out: Path) -> None:
+    """Save into out/ via a temporary folder whose files are renamed into place."""
+    tmp = out / "_final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.generation_config = generation_config(tokenizer)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    for f in tmp.iterdir():
+        f.replace(out / f.name)
+    tmp.rmdir()
+
+
+def training_arguments(recipe, out: Path, **extra):
+    """transformers/TRL arguments shared by every stage (`extra` overrides, e.g. for TRL configs)."""
+    t = recipe.train
+    schedule = {"cosine": ("cosine", {}), "wsd": ("warmup_stable_decay", {"num_decay_steps": max(1, t.max_steps // 5)})}
+    name, kwargs = schedule[t.schedule]
+    import torch
+
+    return dict(
+        use_cpu=not torch.cuda.is_available(),  # bf16 autocast works on CPU too, but must be asked for
+        output_dir=str(out / "checkpoints"), max_steps=t.max_steps, per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum, learning_rate=t.lr, lr_scheduler_type=name, lr_scheduler_kwargs=kwargs,
+        warmup_steps=math.ceil(t.warmup_ratio * t.max_steps), weight_decay=t.weight_decay, bf16=t.bf16,
+        logging_steps=t.log_steps, save_steps=t.save_steps, save_total_limit=1, seed=t.seed, data_seed=t.seed,
+        report_to=[], disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=False, **extra,
+    )
+
+
+def last_checkpoint(out: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = out / "checkpoints"
+    return get_last_checkpoint(str(folder)) if folder.exists() else None
