@@ -1,0 +1,60 @@
+"""Recipe for `hkllm train dpo`: preference optimisation on chosen/rejected pairs (TRL DPOTrainer).
+
+    hkllm train dpo recipes/tiny/dpo.yaml
+
+setup: the SFT model; preference pairs (conversational prompt/chosen/rejected JSONL); the
+       reference model is a frozen copy that TRL makes itself.
+train: DPO loss with `train.beta`; reward accuracy and margins logged; bits-per-byte before/after.
+save:  the model folder (see hkllm/train/run.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from hkllm.errors import UserError
+from hkllm.train import data as D
+from hkllm.train.chat_data import load_preferences
+from hkllm.train.metrics import bpb_by_variety
+from hkllm.train.recipe import Recipe, to_yaml
+from hkllm.train.run import ProgressAndLog, last_checkpoint, plot_loss, save_model, training_arguments, write_atomic
+
+
+def run(recipe: Recipe, command: str) -> dict:
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from hkllm.train.pretrain import load_model
+
+    if not recipe.model.path:
+        raise UserError("dpo needs model.path (an sft run folder, or a Hugging Face chat model)")
+    out = Path(recipe.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "recipe.yaml", to_yaml(recipe, command))
+    model, tokenizer = load_model(recipe.model.path)
+    pairs = [p for spec in recipe.data.train for p in load_preferences(spec["path"] if isinstance(spec, dict) else spec)]
+    eval_texts = D.by_variety(D.read_sources(recipe.eval, "heldout"), recipe.eval_max_chars)
+    t = recipe.train
+    before = bpb_by_variety(model, tokenizer, eval_texts, t.seq_len)
+    config = DPOConfig(**training_arguments(recipe, out), beta=t.beta, max_length=t.seq_len)
+    trainer = DPOTrainer(model=model, ref_model=None, args=config, train_dataset=Dataset.from_list(pairs),
+                         processing_class=tokenizer,
+                         callbacks=[ProgressAndLog(out, t.batch_size * t.grad_accum * t.seq_len, f"dpo {out.name}")])
+    trainer.remove_callback(PrinterCallback)
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=last_checkpoint(out))
+    logs = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if line.strip()]
+    last = next((r for r in reversed(logs) if "rewards/accuracies" in r), {})
+    metrics = {
+        "stage": "dpo", "bpb_before": before, "bpb_after": bpb_by_variety(model, tokenizer, eval_texts, t.seq_len),
+        "final_loss": round(result.training_loss, 4), "steps": result.global_step, "pairs": len(pairs),
+        "reward_accuracy": last.get("rewards/accuracies"), "reward_margin": last.get("rewards/margins"),
+        "seconds": round(time.time() - started, 1),
+    }
+    save_model(model, tokenizer, out)
+    plot_loss(out)
+    write_atomic(out / "metrics.json", json.dumps(metrics, ensure_ascii=False, indent=1))
+    return metrics

@@ -1,0 +1,75 @@
+import json
+
+import pytest
+
+from hkllm.errors import UserError
+from hkllm.train.data import pack, with_replay
+from hkllm.train.pretrain import run
+from hkllm.train.recipe import load
+
+from .conftest import TINY_TRAIN, make_recipe
+
+
+def test_base_run_writes_a_complete_model_folder(base_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    out, metrics = base_run
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "generation_config.json", "train_log.jsonl",
+                 "loss.png", "metrics.json", "recipe.yaml"):
+        assert (out / name).exists(), name
+    assert (out / "recipe.yaml").read_text().startswith("# test")
+    tok = AutoTokenizer.from_pretrained(out)
+    assert "<|im_start|>" in tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    gen = GenerationConfig.from_pretrained(out)
+    assert tok.convert_tokens_to_ids("<|im_end|>") in gen.eos_token_id
+    assert gen.pad_token_id == tok.pad_token_id and gen.do_sample is True
+    AutoModelForCausalLM.from_pretrained(out)
+    logs = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs if "loss" in r] == [2, 4, 6, 8]
+    assert all(r["tokens_per_second"] > 0 for r in logs)
+    assert metrics["bpb_after"]["en"] < metrics["bpb_before"]["en"]  # it learned something
+
+
+def test_cpt_continues_from_a_run_folder_with_replay(tmp_path, base_run, texts):
+    base, _ = base_run
+    recipe = load(make_recipe(tmp_path, "cpt", out=str(tmp_path / "cpt"), model={"path": str(base)},
+                              data={"train": [str(texts["hk"])], "replay": [str(texts["general"])], "replay_share": 0.25},
+                              eval=[{"path": str(texts["hk"]), "split": "all"}, {"path": str(texts["general"]), "split": "all"}],
+                              train={**TINY_TRAIN, "schedule": "wsd"}))
+    metrics = run(recipe, "test")
+    assert set(metrics["bpb_after"]) == {"yue", "zh-hant", "en"}
+    chars = metrics["train_characters"]
+    assert chars["replay"] / sum(chars.values()) == pytest.approx(0.25, abs=0.05)
+
+
+def test_with_replay_hits_the_share():
+    local = [{"text": "x" * 100, "variety": "yue"}] * 30
+    replay = [{"text": "y" * 37, "variety": "en"}] * 5
+    mixed = with_replay(local, replay, 0.2)
+    replay_chars = sum(len(r["text"]) for r in mixed if r["variety"] == "en")
+    assert replay_chars / sum(len(r["text"]) for r in mixed) == pytest.approx(0.2, abs=0.01)
+    assert with_replay(local, replay, 0.0) == local
+
+
+def test_pack_makes_full_blocks_with_separators(base_run):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_run[0])
+    blocks = pack(["hello world"] * 20, tok, 8)
+    assert blocks.shape[1] == 8 and (blocks == tok.convert_tokens_to_ids("<|endoftext|>")).any()
+
+
+def test_recipe_typos_and_bad_overrides_are_named(tmp_path, texts):
+    path = make_recipe(tmp_path, "base", out="x", data={"train": [str(texts["general"])]})
+    with pytest.raises(UserError, match=r"unknown recipe field 'train.max_step'.*did you mean 'train.max_steps'"):
+        load(path, ["train.max_step=3"])
+    with pytest.raises(UserError, match="key=value"):
+        load(path, ["train.max_steps"])
+    assert load(path, ["train.max_steps=3", "data.replay_share=0.1"]).train.max_steps == 3
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path, texts):
+    recipe = load(make_recipe(tmp_path, "cpt", out=str(tmp_path / "c"), model={"path": str(tmp_path / "nope")},
+                              data={"train": [str(texts["hk"])]}, train=TINY_TRAIN))
+    with pytest.raises(UserError, match="not a loadable Hugging Face causal LM"):
+        run(recipe, "test")
