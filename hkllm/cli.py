@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hkllm.data import cli as data_cli
     from hkllm.text import cli as text_cli
     from hkllm.train import cli as train_cli
+    from hkllm.train import plan, tokenizer_extend
 
     parser = argparse.ArgumentParser(
         prog="hkllm",
@@ -36,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     text_cli.add_parser(sub)
     data_cli.add_parser(sub)
     train_cli.add_parser(sub)
+    tokenizer_extend.add_parser(sub)
+    plan.add_parser(sub)
     return parser
 
 
