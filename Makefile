@@ -10,13 +10,15 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	# constraints.txt pins every package (torch stays the CPU 2.13.0 build)
 	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+	# DeepSpeed (ZeRO-3) ships as source only: build it against the installed torch, without ops
+	DS_BUILD_OPS=0 $(VENV)/bin/python -m pip install -q -c constraints.txt --no-build-isolation deepspeed
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/hkllm quickstart
+	HF_HUB_OFFLINE=1 $(VENV)/bin/hkllm quickstart
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/variety.py

@@ -54,7 +54,8 @@ def run(recipe: Recipe, command: str) -> dict:
         "reward_accuracy": last.get("rewards/accuracies"), "reward_margin": last.get("rewards/margins"),
         "seconds": round(time.time() - started, 1),
     }
-    save_model(model, tokenizer, out)
-    plot_loss(out)
-    write_atomic(out / "metrics.json", json.dumps(metrics, ensure_ascii=False, indent=1))
+    save_model(trainer, tokenizer, out)
+    if trainer.is_world_process_zero():
+        plot_loss(out)
+        write_atomic(out / "metrics.json", json.dumps(metrics, ensure_ascii=False, indent=1))
     return metrics

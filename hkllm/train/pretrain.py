@@ -21,7 +21,7 @@ from hkllm.errors import UserError
 from hkllm.train import data as D
 from hkllm.train.metrics import bpb_by_variety
 from hkllm.train.recipe import Recipe, to_yaml
-from hkllm.train.run import ProgressAndLog, last_checkpoint, plot_loss, save_model, training_arguments, write_atomic
+from hkllm.train.run import ProgressAndLog, distributed_info, last_checkpoint, plot_loss, save_model, training_arguments, write_atomic
 
 
 class Blocks:
@@ -72,6 +72,7 @@ class Setup:
     train_blocks: object
     eval_texts: dict
     train_chars: dict
+    parameters: int
 
 
 def setup(recipe: Recipe) -> Setup:
@@ -97,10 +98,11 @@ def setup(recipe: Recipe) -> Setup:
         chars[key] = chars.get(key, 0) + len(d["text"])
     blocks = D.pack([d["text"] for d in docs], tokenizer, recipe.train.seq_len, seed=recipe.train.seed)
     eval_texts = D.by_variety(D.read_sources(recipe.eval, "heldout"), recipe.eval_max_chars)
-    return Setup(model, tokenizer, blocks, eval_texts, chars)
+    # Counted before training: under ZeRO-3 the local parameter tensors become shards.
+    return Setup(model, tokenizer, blocks, eval_texts, chars, sum(p.numel() for p in model.parameters()))
 
 
-def train(recipe: Recipe, s: Setup, out: Path) -> dict:
+def train(recipe: Recipe, s: Setup, out: Path) -> tuple[dict, object]:
     from transformers import PrinterCallback, Trainer, TrainingArguments, default_data_collator
 
     t = recipe.train
@@ -114,7 +116,7 @@ def train(recipe: Recipe, s: Setup, out: Path) -> dict:
     result = trainer.train(resume_from_checkpoint=last_checkpoint(out))
     seconds = time.time() - started
     after = bpb_by_variety(s.model, s.tokenizer, s.eval_texts, recipe.train.seq_len)
-    return {
+    return trainer, {
         "stage": recipe.stage,
         "bpb_before": before,
         "bpb_after": after,
@@ -124,14 +126,16 @@ def train(recipe: Recipe, s: Setup, out: Path) -> dict:
         "tokens_per_second": round(result.global_step * tokens_per_step / max(seconds, 1e-9), 1),
         "train_characters": s.train_chars,
         "replay_share": recipe.data.replay_share,
-        "parameters": sum(p.numel() for p in s.model.parameters()),
+        "parameters": s.parameters,
+        "distributed": distributed_info(trainer),
     }
 
 
-def save(recipe: Recipe, s: Setup, out: Path, metrics: dict) -> None:
-    save_model(s.model, s.tokenizer, out)
-    plot_loss(out)
-    write_atomic(out / "metrics.json", json.dumps(metrics, ensure_ascii=False, indent=1))
+def save(trainer, s: Setup, out: Path, metrics: dict) -> None:
+    save_model(trainer, s.tokenizer, out)
+    if trainer.is_world_process_zero():
+        plot_loss(out)
+        write_atomic(out / "metrics.json", json.dumps(metrics, ensure_ascii=False, indent=1))
 
 
 def run(recipe: Recipe, command: str) -> dict:
@@ -139,6 +143,6 @@ def run(recipe: Recipe, command: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "recipe.yaml", to_yaml(recipe, command))
     s = setup(recipe)
-    metrics = train(recipe, s, out)
-    save(recipe, s, out, metrics)
+    trainer, metrics = train(recipe, s, out)
+    save(trainer, s, out, metrics)
     return metrics

@@ -38,7 +38,7 @@ class ProgressAndLog(TrainerCallback):
 
         self.start, self.start_step = time.time(), state.global_step
         self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=self.desc, unit="step",
-                        dynamic_ncols=True)
+                        dynamic_ncols=True, disable=not state.is_world_process_zero)
 
     def tokens_per_second(self, state) -> float:
         elapsed = max(time.time() - self.start, 1e-9)
@@ -96,16 +96,24 @@ def generation_config(tokenizer):
                             do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=256)
 
 
-def save_model(model, tokenizer, out: Path) -> None:
-    """Save into out/ via a temporary folder whose files are renamed into place."""
+def save_model(trainer, tokenizer, out: Path) -> None:
+    """Save into out/ via a temporary folder whose files are renamed into place.
+
+    trainer.save_model consolidates sharded weights (DeepSpeed ZeRO-3, FSDP) and writes on the
+    main process only; every process must call it.
+    """
     tmp = out / "_final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.generation_config = generation_config(tokenizer)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    for f in tmp.iterdir():
-        f.replace(out / f.name)
-    tmp.rmdir()
+    main = trainer.is_world_process_zero()
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.generation_config = generation_config(tokenizer)
+    trainer.save_model(str(tmp))
+    if main:
+        tokenizer.save_pretrained(tmp)
+        trainer.model.generation_config.save_pretrained(tmp)
+        for f in tmp.iterdir():
+            f.replace(out / f.name)
+        tmp.rmdir()
 
 
 def training_arguments(recipe, out: Path, **extra):
@@ -123,6 +131,14 @@ def training_arguments(recipe, out: Path, **extra):
         logging_steps=t.log_steps, save_steps=t.save_steps, save_total_limit=1, seed=t.seed, data_seed=t.seed,
         report_to=[], disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=False, **extra,
     )
+
+
+def distributed_info(trainer) -> dict:
+    """How the run was spread: processes, and the DeepSpeed ZeRO stage or FSDP if used."""
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return {"world_size": trainer.args.world_size,
+            "zero_stage": plugin.zero_stage if plugin is not None else None,
+            "fsdp": bool(getattr(trainer, "is_fsdp_enabled", False))}
 
 
 def last_checkpoint(out: Path) -> str | None:

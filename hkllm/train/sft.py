@@ -83,7 +83,8 @@ def run(recipe: Recipe, command: str) -> dict:
         "final_loss": round(result.training_loss, 4), "steps": result.global_step, "conversations": len(dataset),
         "seconds": round(time.time() - started, 1),
     }
-    save_model(model, tokenizer, out)
-    plot_loss(out)
-    write_atomic(out / "metrics.json", json.dumps(metrics, ensure_ascii=False, indent=1))
+    save_model(trainer, tokenizer, out)
+    if trainer.is_world_process_zero():
+        plot_loss(out)
+        write_atomic(out / "metrics.json", json.dumps(metrics, ensure_ascii=False, indent=1))
     return metrics
