@@ -11,6 +11,7 @@ $(STAMP): pyproject.toml constraints.txt
 	# constraints.txt pins every package (torch stays the CPU 2.13.0 build)
 	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
 	# DeepSpeed (ZeRO-3) ships as source only: build it against the installed torch, without ops
+	$(VENV)/bin/python -m pip install -q "setuptools>=70" wheel
 	DS_BUILD_OPS=0 $(VENV)/bin/python -m pip install -q -c constraints.txt --no-build-isolation deepspeed
 	touch $(STAMP)
 
