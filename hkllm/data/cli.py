@@ -20,10 +20,18 @@ def _build(args) -> int:
     return 0
 
 
+def _convert_chat(args) -> int:
+    from hkllm.train.chat_data import convert
+
+    n = convert(args.input, args.format, args.out)
+    print(f"{n} conversations written to {args.out} (OpenAI messages JSONL)")
+    return 0
+
+
 def add_parser(subparsers) -> None:
     data = subparsers.add_parser("data", help="build the localization corpus (datatrove pipeline)",
                                  description="Corpus building for Hong Kong localization.")
-    sub = data.add_subparsers(dest="data_command", required=True, metavar="{build}")
+    sub = data.add_subparsers(dest="data_command", required=True, metavar="{build,convert-chat}")
     p = sub.add_parser(
         "build", help="read, clean, dedup, decontaminate, split and mix sources into a corpus",
         description="Run a data recipe: read sources → normalize → detect variety → redact → quality filters → "
@@ -38,3 +46,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--force", action="store_true", help="delete an existing build in --out and start again")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no data card on screen")
     p.set_defaults(func=_build)
+
+    p = sub.add_parser(
+        "convert-chat", help="convert alpaca or sharegpt chat data to OpenAI messages JSONL",
+        description="Convert alpaca ({instruction, input, output}) or sharegpt ({conversations: [{from, value}]}) "
+        "records, as JSONL or a JSON array, to {\"messages\": [...]} JSONL. Errors name file, line and field.",
+        epilog="example: hkllm data convert-chat --format alpaca alpaca_data.json --out chat.jsonl",
+    )
+    p.add_argument("input", help="alpaca or sharegpt file (JSONL or JSON array)")
+    p.add_argument("--format", required=True, choices=("alpaca", "sharegpt"))
+    p.add_argument("--out", required=True, help="output JSONL")
+    p.set_defaults(func=_convert_chat)
