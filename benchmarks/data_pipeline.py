@@ -127,13 +127,13 @@ def main() -> None:
         print(f"corpus: {docs:,} documents, {mb:.1f} MB in {tmp / 'corpus'}")
         t_hk = run_hkllm(tmp / "corpus", tmp / "hkllm", args.workers)
         t_bare = run_bare(tmp / "corpus", tmp / "bare", args.workers)
-        print(f"\n| pipeline | seconds | MB/s | docs/s |\n|---|---:|---:|---:|")
+        print("\n| pipeline | seconds | MB/s | docs/s |\n|---|---:|---:|---:|")
         for name, t in (("hkllm data build (all steps)", t_hk), ("bare datatrove reader → MinHash → writer", t_bare)):
             print(f"| {name} | {t:.1f} | {mb / t:.2f} | {docs / t:,.0f} |")
         print(f"\nratio hkllm / bare (wall time): {t_hk / t_bare:.2f}")
 
         seconds = step_seconds(tmp / "hkllm" / "_work" / "logs")
-        print(f"\n| step (hkllm) | CPU-seconds in step | MB/s per core |\n|---|---:|---:|")
+        print("\n| step (hkllm) | CPU-seconds in step | MB/s per core |\n|---|---:|---:|")
         for name, s in seconds.items():
             if s > 0:
                 print(f"| {name} | {s:.2f} | {mb / s:.1f} |")

@@ -67,7 +67,7 @@ def main() -> None:
         "cantonesedetect": ["yue" if str(detector.judge(t)) == "cantonese" else "-" for t in texts],
     }
     print(f"labeled set: {len(data)} items {dict(Counter(gold))}\n")
-    print(f"| system | class | n | precision | recall |\n|---|---|---:|---:|---:|")
+    print("| system | class | n | precision | recall |\n|---|---|---:|---:|---:|")
     for name, pred in systems.items():
         for cls in (VARIETIES if name == "hkllm" else ("yue",)):
             p, r, n = precision_recall(gold, pred, cls)

@@ -55,13 +55,9 @@ def _stage(name: str, recipe_file: str, out: Path, model_path: Path | None, data
         recipe.model.hidden_size, recipe.model.num_layers, recipe.model.intermediate_size = 64, 2, 256
         recipe.model.vocab_size, recipe.eval_max_chars = 1000, 2000
     print(f"== {name}: hkllm train {recipe.stage} recipes/tiny/{recipe_file} → {run_dir} ==", flush=True)
-    if recipe.stage in ("base", "cpt"):
-        from hkllm.train.pretrain import run
-    elif recipe.stage == "sft":
-        from hkllm.train.sft import run
-    else:
-        from hkllm.train.dpo import run
-    return run(recipe, f"hkllm quickstart ({name})")
+    from hkllm.train import runner
+
+    return runner(recipe.stage)(recipe, f"hkllm quickstart ({name})")
 
 
 def gain_forgetting_table(runs: dict[str, dict]) -> str:

@@ -11,7 +11,6 @@ output stays aligned with the input.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import Callable

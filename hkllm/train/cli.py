@@ -15,13 +15,9 @@ def _train(args) -> int:
 
         raise UserError(f"{args.recipe} is a '{recipe.stage}' recipe, not '{args.stage}'")
     command = "hkllm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    if args.stage in ("base", "cpt"):
-        from hkllm.train.pretrain import run
-    elif args.stage == "sft":
-        from hkllm.train.sft import run
-    else:
-        from hkllm.train.dpo import run
-    metrics = run(recipe, command)
+    from hkllm.train import runner
+
+    metrics = runner(args.stage)(recipe, command)
     print(f"model saved to {recipe.out} / 模型已儲存 — bits-per-byte after: {metrics.get('bpb_after')}")
     return 0
 

@@ -19,7 +19,7 @@ from hkllm.train import data as D
 from hkllm.train.chat_data import load_preferences
 from hkllm.train.metrics import bpb_by_variety
 from hkllm.train.recipe import Recipe, to_yaml
-from hkllm.train.run import ProgressAndLog, last_checkpoint, plot_loss, save_model, training_arguments, write_atomic
+from hkllm.train.run import ProgressAndLog, finish, last_checkpoint, training_arguments, write_atomic
 
 
 def run(recipe: Recipe, command: str) -> dict:
@@ -54,8 +54,4 @@ def run(recipe: Recipe, command: str) -> dict:
         "reward_accuracy": last.get("rewards/accuracies"), "reward_margin": last.get("rewards/margins"),
         "seconds": round(time.time() - started, 1),
     }
-    save_model(trainer, tokenizer, out)
-    if trainer.is_world_process_zero():
-        plot_loss(out)
-        write_atomic(out / "metrics.json", json.dumps(metrics, ensure_ascii=False, indent=1))
-    return metrics
+    return finish(trainer, tokenizer, out, metrics)

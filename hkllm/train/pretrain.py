@@ -12,7 +12,6 @@ save:  the model folder (see hkllm/train/run.py).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from hkllm.errors import UserError
 from hkllm.train import data as D
 from hkllm.train.metrics import bpb_by_variety
 from hkllm.train.recipe import Recipe, to_yaml
-from hkllm.train.run import ProgressAndLog, distributed_info, last_checkpoint, plot_loss, save_model, training_arguments, write_atomic
+from hkllm.train.run import ProgressAndLog, distributed_info, finish, last_checkpoint, training_arguments, write_atomic
 
 
 class Blocks:
@@ -131,18 +130,10 @@ def train(recipe: Recipe, s: Setup, out: Path) -> tuple[dict, object]:
     }
 
 
-def save(trainer, s: Setup, out: Path, metrics: dict) -> None:
-    save_model(trainer, s.tokenizer, out)
-    if trainer.is_world_process_zero():
-        plot_loss(out)
-        write_atomic(out / "metrics.json", json.dumps(metrics, ensure_ascii=False, indent=1))
-
-
 def run(recipe: Recipe, command: str) -> dict:
     out = Path(recipe.out)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "recipe.yaml", to_yaml(recipe, command))
     s = setup(recipe)
     trainer, metrics = train(recipe, s, out)
-    save(trainer, s, out, metrics)
-    return metrics
+    return finish(trainer, s.tokenizer, out, metrics)  # save: model folder, loss.png, metrics.json

@@ -133,6 +133,15 @@ def training_arguments(recipe, out: Path, **extra):
     )
 
 
+def finish(trainer, tokenizer, out: Path, metrics: dict) -> dict:
+    """The end of every stage: the model folder, loss.png and metrics.json."""
+    save_model(trainer, tokenizer, out)
+    if trainer.is_world_process_zero():
+        plot_loss(out)
+        write_atomic(out / "metrics.json", json.dumps(metrics, ensure_ascii=False, indent=1))
+    return metrics
+
+
 def distributed_info(trainer) -> dict:
     """How the run was spread: processes, and the DeepSpeed ZeRO stage or FSDP if used."""
     plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)

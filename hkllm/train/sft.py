@@ -12,7 +12,6 @@ save:  the model folder (see hkllm/train/run.py).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from hkllm.train import data as D
 from hkllm.train.chat_data import load_conversations
 from hkllm.train.metrics import bpb_by_variety
 from hkllm.train.recipe import Recipe, to_yaml
-from hkllm.train.run import ProgressAndLog, last_checkpoint, plot_loss, save_model, training_arguments, write_atomic
+from hkllm.train.run import ProgressAndLog, finish, last_checkpoint, training_arguments, write_atomic
 
 
 def setup(recipe: Recipe):
@@ -83,8 +82,4 @@ def run(recipe: Recipe, command: str) -> dict:
         "final_loss": round(result.training_loss, 4), "steps": result.global_step, "conversations": len(dataset),
         "seconds": round(time.time() - started, 1),
     }
-    save_model(trainer, tokenizer, out)
-    if trainer.is_world_process_zero():
-        plot_loss(out)
-        write_atomic(out / "metrics.json", json.dumps(metrics, ensure_ascii=False, indent=1))
-    return metrics
+    return finish(trainer, tokenizer, out, metrics)
