@@ -19,7 +19,7 @@ from hkllm.train import data as D
 from hkllm.train.chat_data import load_preferences
 from hkllm.train.metrics import bpb_by_variety
 from hkllm.train.recipe import Recipe, to_yaml
-from hkllm.train.run import ProgressAndLog, finish, last_checkpoint, training_arguments, write_atomic
+from hkllm.train.run import MarkCompleteCheckpoints, ProgressAndLog, finish, last_checkpoint, training_arguments, write_atomic
 
 
 def run(recipe: Recipe, command: str) -> dict:
@@ -34,7 +34,7 @@ def run(recipe: Recipe, command: str) -> dict:
     out = Path(recipe.out)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "recipe.yaml", to_yaml(recipe, command))
-    model, tokenizer = load_model(recipe.model.path)
+    model, tokenizer = load_model(recipe.model.path, recipe)
     pairs = [p for spec in recipe.data.train for p in load_preferences(spec["path"] if isinstance(spec, dict) else spec)]
     eval_texts = D.by_variety(D.read_sources(recipe.eval, "heldout"), recipe.eval_max_chars)
     t = recipe.train
@@ -42,7 +42,8 @@ def run(recipe: Recipe, command: str) -> dict:
     config = DPOConfig(**training_arguments(recipe, out), beta=t.beta, max_length=t.seq_len)
     trainer = DPOTrainer(model=model, ref_model=None, args=config, train_dataset=Dataset.from_list(pairs),
                          processing_class=tokenizer,
-                         callbacks=[ProgressAndLog(out, t.batch_size * t.grad_accum * t.seq_len, f"dpo {out.name}")])
+                         callbacks=[ProgressAndLog(out, t.batch_size * t.grad_accum * t.seq_len, f"dpo {out.name}"),
+                                    MarkCompleteCheckpoints()])
     trainer.remove_callback(PrinterCallback)
     started = time.time()
     result = trainer.train(resume_from_checkpoint=last_checkpoint(out))

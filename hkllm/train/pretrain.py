@@ -20,7 +20,10 @@ from hkllm.errors import UserError
 from hkllm.train import data as D
 from hkllm.train.metrics import bpb_by_variety
 from hkllm.train.recipe import Recipe, to_yaml
-from hkllm.train.run import ProgressAndLog, distributed_info, finish, last_checkpoint, training_arguments, write_atomic
+from hkllm.train.run import (
+    MarkCompleteCheckpoints, ProgressAndLog, check_fits, distributed_info, finish, last_checkpoint, training_arguments,
+    write_atomic,
+)
 
 
 class Blocks:
@@ -36,26 +39,33 @@ class Blocks:
         return {"input_ids": self.blocks[i], "labels": self.blocks[i]}
 
 
-def new_model(spec, tokenizer):
-    from transformers import AutoModelForCausalLM, LlamaConfig
+def new_config(spec, tokenizer):
+    from transformers import LlamaConfig
 
     if spec.arch != "llama":
         raise UserError(f"model.arch {spec.arch!r}: only 'llama' models are built from scratch; "
                         "set model.path to train any other Hugging Face causal LM")
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_heads,
         max_position_embeddings=spec.max_position, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
-    return AutoModelForCausalLM.from_config(config)
 
 
-def load_model(path: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def new_model(spec, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_config(new_config(spec, tokenizer))
+
+
+def load_model(path: str, recipe: Recipe | None = None):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
+        if recipe is not None:
+            check_fits(AutoConfig.from_pretrained(path), recipe)
         model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
     except (OSError, ValueError) as e:
         raise UserError(f"model.path {path!r} is not a loadable Hugging Face causal LM: {e}") from None
@@ -84,13 +94,17 @@ def setup(recipe: Recipe) -> Setup:
     if not docs:
         raise UserError("data.train has no documents")
     if recipe.model.path:
-        model, tokenizer = load_model(recipe.model.path)
+        model, tokenizer = load_model(recipe.model.path, recipe)
     else:
+        from transformers import AutoModelForCausalLM
+
         from hkllm.train.tokenizer import train_tokenizer
 
         corpus = [d["text"] for d in docs] + [d["text"] for d in D.read_sources(recipe.eval, "train")]
         tokenizer = train_tokenizer(corpus, vocab_size=recipe.model.vocab_size)
-        model = new_model(recipe.model, tokenizer)
+        config = new_config(recipe.model, tokenizer)
+        check_fits(config, recipe)
+        model = AutoModelForCausalLM.from_config(config)
     chars: dict[str, int] = {}
     for d in docs:
         key = "replay" if d in replay else d["variety"]
@@ -109,7 +123,8 @@ def train(recipe: Recipe, s: Setup, out: Path) -> tuple[dict, object]:
     tokens_per_step = t.batch_size * t.grad_accum * t.seq_len
     args = TrainingArguments(**training_arguments(recipe, out))
     trainer = Trainer(model=s.model, args=args, train_dataset=Blocks(s.train_blocks), data_collator=default_data_collator,
-                      callbacks=[ProgressAndLog(out, tokens_per_step, f"{recipe.stage} {out.name}")])
+                      callbacks=[ProgressAndLog(out, tokens_per_step, f"{recipe.stage} {out.name}"),
+                                 MarkCompleteCheckpoints()])
     trainer.remove_callback(PrinterCallback)  # our progress bar and train_log.jsonl replace its prints
     started = time.time()
     result = trainer.train(resume_from_checkpoint=last_checkpoint(out))

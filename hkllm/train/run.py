@@ -150,8 +150,55 @@ def distributed_info(trainer) -> dict:
             "fsdp": bool(getattr(trainer, "is_fsdp_enabled", False))}
 
 
-def last_checkpoint(out: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+COMPLETE = "hkllm_complete"
 
+
+class MarkCompleteCheckpoints(TrainerCallback):
+    """The Trainer writes checkpoint-N in place; a marker written after it is whole makes the
+    checkpoint count, so a run killed mid-save resumes from the previous, complete one."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                (folder / COMPLETE).write_text(str(state.global_step))
+
+
+def last_checkpoint(out: Path) -> str | None:
+    """The newest complete checkpoint in out/checkpoints; incomplete ones are removed."""
     folder = out / "checkpoints"
-    return get_last_checkpoint(str(folder)) if folder.exists() else None
+    if not folder.exists():
+        return None
+    found = sorted((p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for ckpt in found:
+        if (ckpt / COMPLETE).exists():
+            return str(ckpt)
+        print(f"hkllm: ignoring incomplete checkpoint {ckpt} (a save was interrupted) / 忽略不完整的檢查點")
+        shutil.rmtree(ckpt, ignore_errors=True)
+    return None
+
+
+def check_fits(config, recipe) -> None:
+    """Refuse to start a run whose training state cannot fit, before anything is allocated."""
+    import psutil
+    import torch
+
+    from hkllm.errors import UserError
+    from hkllm.train.plan import count_parameters, estimate
+
+    if torch.cuda.is_available():
+        available = torch.cuda.get_device_properties(0).total_memory / 1024**3
+        where = f"GPU ({torch.cuda.get_device_name(0)})"
+    else:
+        available = psutil.virtual_memory().available / 1024**3
+        where = "CPU memory"
+    params = count_parameters(config)
+    world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
+    e = estimate(config, params, world, available, False, recipe.train.seq_len, recipe.train.batch_size)
+    if not e["fits"]:
+        need = e["per_gpu"]["total"] / 1024**3
+        raise UserError(f"the model will not fit: {params / 1e9:.2f}B parameters need ~{need:,.1f} GiB per process for "
+                        f"full-parameter training (16 bytes/parameter + activations) but {where} has {available:,.1f} GiB. "
+                        f"See `hkllm plan --model ... --gpus N --gpu-mem GB --offload` and recipes/accelerate/. "
+                        f"/ 記憶體不足，模型放不下。")

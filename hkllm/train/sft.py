@@ -21,7 +21,7 @@ from hkllm.train import data as D
 from hkllm.train.chat_data import load_conversations
 from hkllm.train.metrics import bpb_by_variety
 from hkllm.train.recipe import Recipe, to_yaml
-from hkllm.train.run import ProgressAndLog, finish, last_checkpoint, training_arguments, write_atomic
+from hkllm.train.run import MarkCompleteCheckpoints, ProgressAndLog, finish, last_checkpoint, training_arguments, write_atomic
 
 
 def setup(recipe: Recipe):
@@ -31,7 +31,7 @@ def setup(recipe: Recipe):
 
     if not recipe.model.path:
         raise UserError("sft needs model.path (a base or cpt run folder, or a Hugging Face model)")
-    model, tokenizer = load_model(recipe.model.path)
+    model, tokenizer = load_model(recipe.model.path, recipe)
     if not tokenizer.chat_template or "{% generation %}" not in tokenizer.chat_template:
         raise UserError(f"{recipe.model.path}: the tokenizer has no chat template with {{% generation %}} markers, "
                         "which assistant-only loss needs (hkllm-trained tokenizers have one)")
@@ -61,7 +61,8 @@ def build_trainer(recipe: Recipe, model, tokenizer, dataset, out: Path):
     config = SFTConfig(**training_arguments(recipe, out), max_length=t.seq_len, assistant_only_loss=True,
                        packing=t.packing, packing_strategy="bfd", padding_free=t.packing)
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=[ProgressAndLog(out, t.batch_size * t.grad_accum * t.seq_len, f"sft {out.name}")])
+                         callbacks=[ProgressAndLog(out, t.batch_size * t.grad_accum * t.seq_len, f"sft {out.name}"),
+                                    MarkCompleteCheckpoints()])
     trainer.remove_callback(PrinterCallback)
     return trainer
 

@@ -41,9 +41,14 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, base_run, t
         run(cpt_recipe(tmp_path, base, texts, "resumed", max_steps=8, save_steps=4), "test")
     assert (tmp_path / "resumed" / "checkpoints" / "checkpoint-4").exists()
     assert not (tmp_path / "resumed" / "model.safetensors").exists()
+    # a save that was cut short leaves a half-written checkpoint: it must be ignored
+    partial = tmp_path / "resumed" / "checkpoints" / "checkpoint-6"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half-writ")
     monkeypatch.setattr(Trainer, "training_step", original)
     metrics = run(cpt_recipe(tmp_path, base, texts, "resumed", max_steps=8, save_steps=4), "test")
     assert metrics["steps"] == 8
+    assert not partial.exists()
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert a.keys() == b.keys()
     for k in a:
@@ -58,3 +63,14 @@ def test_loss_does_not_depend_on_gradient_accumulation(tmp_path, base_run, texts
     a, b = weights(tmp_path / "accum1"), weights(tmp_path / "accum2")
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+def test_a_model_that_cannot_fit_is_refused_before_allocation(tmp_path, texts):
+    from hkllm.errors import UserError
+
+    recipe = load(make_recipe(tmp_path, "base", out=str(tmp_path / "huge"),
+                              model={"hidden_size": 8192, "num_layers": 80, "num_heads": 64, "intermediate_size": 28672,
+                                     "vocab_size": 600},
+                              data={"train": [str(texts["general"])]}, train=TINY_TRAIN))
+    with pytest.raises(UserError, match="will not fit"):
+        run(recipe, "test")
