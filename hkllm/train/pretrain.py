@@ -100,14 +100,18 @@ def setup(recipe: Recipe) -> Setup:
 
         from hkllm.train.tokenizer import train_tokenizer
 
-        corpus = [d["text"] for d in docs] + [d["text"] for d in D.read_sources(recipe.eval, "train")]
+        # The tokenizer also sees the *training* side of the evaluation sources, so that a base
+        # vocabulary covers every variety it will be measured on (never their held-out text).
+        eval_train_side = [dict(s, split="train") if isinstance(s, dict) else s for s in recipe.eval]
+        corpus = [d["text"] for d in docs] + [d["text"] for d in D.read_sources(eval_train_side, "train")]
         tokenizer = train_tokenizer(corpus, vocab_size=recipe.model.vocab_size)
         config = new_config(recipe.model, tokenizer)
         check_fits(config, recipe)
         model = AutoModelForCausalLM.from_config(config)
     chars: dict[str, int] = {}
+    replayed = {id(r) for r in replay}
     for d in docs:
-        key = "replay" if d in replay else d["variety"]
+        key = "replay" if id(d) in replayed else d["variety"]
         chars[key] = chars.get(key, 0) + len(d["text"])
     blocks = D.pack([d["text"] for d in docs], tokenizer, recipe.train.seq_len, seed=recipe.train.seed)
     eval_texts = D.by_variety(D.read_sources(recipe.eval, "heldout"), recipe.eval_max_chars)

@@ -41,7 +41,6 @@ class DataSpec:
     replay: list = field(default_factory=list)   # original-domain data replayed against forgetting
     replay_share: float = 0.0                    # share of training characters taken from `replay`
     generic_share: float = 0.0                   # sft: share of generic (non-chat) text mixed in
-    max_chars_per_variety: int = 0               # 0: no cap
 
 
 @dataclass
