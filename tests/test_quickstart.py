@@ -3,14 +3,23 @@ import subprocess
 import sys
 
 
-def test_quickstart_builds_the_demo_corpus_and_prints_its_card(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "hkllm", "quickstart", "--out", str(tmp_path / "qs")],
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
+def test_quickstart_runs_every_stage_and_prints_the_tables(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "hkllm", "quickstart", "--out", str(tmp_path / "qs"), "--smoke"],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
     assert "# Data card: demo" in out.stdout
+    assert "Hong Kong gain vs general forgetting" in out.stdout and "| cpt-no-replay | 0% |" in out.stdout
     card = json.loads((tmp_path / "qs" / "data" / "datacard.json").read_text(encoding="utf-8"))
-    varieties = card["train"]["by_variety"]
-    assert {"yue", "zh-hant", "en"} <= set(varieties)
-    replay = sum(v["characters"] for k, v in card["train"]["by_source"].items() if k == "python_docs")
+    assert {"yue", "zh-hant", "en"} <= set(card["train"]["by_variety"])
+    replay = card["train"]["by_source"]["python_docs"]["characters"]
     assert 0.15 < replay / card["train"]["characters"] < 0.35
     assert card["steps"]["redact"]["redacted_email"] > 0
+    for stage in ("base", "cpt-no-replay", "cpt", "sft", "dpo"):
+        metrics = json.loads((tmp_path / "qs" / stage / "metrics.json").read_text())
+        assert {"yue", "zh-hant", "en", "zh-hans"} <= set(metrics["bpb_after"]), stage
+    assert json.loads((tmp_path / "qs" / "cpt" / "metrics.json").read_text())["replay_share"] == 0.25
+
+    # a second run skips every finished stage
+    again = subprocess.run([sys.executable, "-m", "hkllm", "quickstart", "--out", str(tmp_path / "qs"), "--smoke"],
+                           capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 5
