@@ -87,3 +87,22 @@ def test_alpaca_and_sharegpt_converters(tmp_path):
     with pytest.raises(UserError, match=r"b.jsonl:1: field 'conversations\[0\].from'"):
         convert(broken, "sharegpt", tmp_path / "b_out.jsonl")
     assert not (tmp_path / "b_out.jsonl").exists()
+
+
+def test_sft_without_a_chat_template_is_a_clear_error(tmp_path, base_run, chat_file):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from hkllm.train import sft
+
+    folder = tmp_path / "no-template"
+    shutil.copytree(base_run[0], folder, ignore=shutil.ignore_patterns("checkpoints"))
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.chat_template = None
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    tok.save_pretrained(folder)
+    recipe = load(make_recipe(tmp_path, "sft", out=str(tmp_path / "s"), model={"path": str(folder)},
+                              data={"train": [str(chat_file)]}, train=TINY_TRAIN))
+    with pytest.raises(UserError, match="no chat template"):
+        sft.run(recipe, "test")
