@@ -13,7 +13,7 @@ variety, license), rejects/<step>/ (what each step dropped), datacard.json and d
 
 Resumable: each stage task that finished is recorded under _work/logs/<stage>/completions and
 skipped when the same recipe is run again; a crash loses only the task that was running.
-Datatrove's Slurm and Ray executors run the same stages on a cluster (see docs/data.md).
+Datatrove's Slurm and Ray executors run the same stages on a cluster (see README, "Scale").
 """
 
 from __future__ import annotations
