@@ -21,6 +21,7 @@ from hkllm.errors import UserError
 def build_parser() -> argparse.ArgumentParser:
     from hkllm import quickstart
     from hkllm.data import cli as data_cli
+    from hkllm.serve import bench
     from hkllm.text import cli as text_cli
     from hkllm.train import cli as train_cli
     from hkllm.train import plan, tokenizer_extend
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_cli.add_parser(sub)
     tokenizer_extend.add_parser(sub)
     plan.add_parser(sub)
+    bench.add_parser(sub)
     return parser
 
 

@@ -11,13 +11,13 @@ def hkllm(*args):
 def test_help_lists_the_subcommands():
     out = hkllm("--help")
     assert out.returncode == 0
-    for command in ("quickstart", "text", "data", "train", "tokenizer", "plan"):
+    for command in ("quickstart", "text", "data", "train", "tokenizer", "plan", "bench"):
         assert command in out.stdout
 
 
 @pytest.mark.parametrize("args", [["quickstart"], ["text"], ["text", "convert"], ["text", "detect"],
                                   ["text", "redact"], ["data"], ["data", "build"], ["data", "convert-chat"],
-                                  ["train"], ["tokenizer", "extend"], ["plan"]])
+                                  ["train"], ["tokenizer", "extend"], ["plan"], ["bench", "serve"]])
 def test_every_command_has_help(args):
     out = hkllm(*args, "--help")
     assert out.returncode == 0, out.stderr
