@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+    import shutil
+
+    if not shutil.which("nvidia-smi"):
+        # No GPU here: tell DeepSpeed (imported by transformers) so it does not warn on every run.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0

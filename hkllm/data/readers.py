@@ -258,14 +258,27 @@ class PycantoneseSource(SourceReader):
 
 
 class PydocSource(SourceReader):
-    """English prose that ships with Python (pydoc topics; PSF licence): general-domain replay."""
+    """English prose that ships with Python (pydoc topics; PSF licence): general-domain replay.
+
+    Topics are cut into documents of about 1,000 characters (whole paragraphs), so that mixing
+    by whole documents can hit a replay share closely."""
 
     def documents(self, rank, world_size):
         from pydoc_data.topics import topics
 
-        for i, (name, text) in enumerate(sorted(topics.items())):
-            if i % world_size == rank:
-                yield self.make(text, f"pydoc/{name}")
+        k = 0
+        for name, text in sorted(topics.items()):
+            chunk: list[str] = []
+            for para in text.split("\n\n"):
+                chunk.append(para)
+                if sum(map(len, chunk)) >= 1000:
+                    if k % world_size == rank:
+                        yield self.make("\n\n".join(chunk), f"pydoc/{name}#{k}")
+                    chunk, k = [], k + 1
+            if chunk:
+                if k % world_size == rank:
+                    yield self.make("\n\n".join(chunk), f"pydoc/{name}#{k}")
+                k += 1
 
 
 READERS = {
