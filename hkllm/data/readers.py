@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -51,10 +52,9 @@ class SourceReader(PipelineStep):
         return sorted(found)
 
     def relative(self, path: Path) -> str:
-        try:
-            return str(path.resolve().relative_to(self.recipe.file.parent.resolve()))
-        except ValueError:
-            return str(path)
+        """The path relative to the recipe's folder: document ids (and so the train/held-out
+        split) must not depend on the directory the build was started from."""
+        return os.path.relpath(path.resolve(), self.recipe.file.parent.resolve())
 
     # --- documents ---------------------------------------------------------------------------
     def make(self, text: str, where: str) -> Document:

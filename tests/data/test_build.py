@@ -125,3 +125,16 @@ def test_parallel_workers_give_the_same_corpus(recipe_file, tmp_path):
     assert one["train"]["by_variety"] == two["train"]["by_variety"]
     texts = lambda d: sorted(x["text"] for x in read_docs(d / "train"))  # noqa: E731
     assert texts(tmp_path / "one") == texts(tmp_path / "two")
+
+
+def test_document_ids_do_not_depend_on_the_working_directory(recipe_file, tmp_path, monkeypatch):
+    import os
+
+    inside = build(load_recipe(recipe_file), tmp_path / "a", progress=False)
+    monkeypatch.chdir(recipe_file.parent.parent)
+    relative = os.path.relpath(recipe_file, os.getcwd())
+    outside = build(load_recipe(relative), tmp_path / "b", progress=False)
+    ids = lambda d: sorted(x["id"] for x in read_docs(d / "train"))  # noqa: E731
+    assert ids(tmp_path / "a") == ids(tmp_path / "b")
+    assert all(not i.split("/", 1)[1].startswith("/") for i in ids(tmp_path / "a"))
+    assert inside["train"] == outside["train"]
