@@ -116,8 +116,8 @@ def save_model(trainer, tokenizer, out: Path) -> None:
         tmp.rmdir()
 
 
-def training_arguments(recipe, out: Path, **extra):
-    """transformers/TRL arguments shared by every stage (`extra` overrides, e.g. for TRL configs)."""
+def training_arguments(recipe, out: Path) -> dict:
+    """transformers/TRL arguments shared by every stage (TRL configs add their own on top)."""
     t = recipe.train
     schedule = {"cosine": ("cosine", {}), "wsd": ("warmup_stable_decay", {"num_decay_steps": max(1, t.max_steps // 5)})}
     name, kwargs = schedule[t.schedule]
@@ -129,7 +129,7 @@ def training_arguments(recipe, out: Path, **extra):
         gradient_accumulation_steps=t.grad_accum, learning_rate=t.lr, lr_scheduler_type=name, lr_scheduler_kwargs=kwargs,
         warmup_steps=math.ceil(t.warmup_ratio * t.max_steps), weight_decay=t.weight_decay, bf16=t.bf16,
         logging_steps=t.log_steps, save_steps=t.save_steps, save_total_limit=1, seed=t.seed, data_seed=t.seed,
-        report_to=[], disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=False, **extra,
+        report_to=[], disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=False,
     )
 
 
