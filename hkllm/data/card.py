@@ -51,7 +51,15 @@ def _count(files) -> dict:
 
 
 def build_card(recipe: Recipe, out: Path, logs: Path, seconds: float) -> dict:
-    from hkllm.data.build import _step_stats
+    from collections import Counter
+
+    from hkllm.data.build import _merged_stats
+
+    # Each stage's stats files are read once; steps are looked up by name.
+    merged = {stage: _merged_stats(logs / stage) for stage in {s for s, _, _ in _STEPS}}
+
+    def _step_stats(stage_logs: Path, name: str) -> Counter:
+        return sum((s["stats"] for s in merged.get(stage_logs.name, []) if s["name"] == name), Counter())
 
     steps = {}
     for stage, step, key in _STEPS:

@@ -19,13 +19,17 @@ from hkllm.errors import UserError
 HELDOUT_PERCENT = 10
 
 
+def _is_data_build(path: str) -> bool:
+    return path != "pydoc:" and (Path(path) / "datacard.json").exists()
+
+
 def _records(path: str, split: str) -> list[dict]:
     if path == "pydoc:":
         from pydoc_data.topics import topics
 
         return [{"text": t, "variety": "en"} for _, t in sorted(topics.items())]
     p = Path(path)
-    if (p / "datacard.json").exists():
+    if _is_data_build(path):
         files = sorted((p / ("heldout" if split == "heldout" else "train")).glob("*.jsonl"))
     elif p.is_dir():
         files = sorted(p.rglob("*.jsonl"))
@@ -58,7 +62,8 @@ def read_source(spec: dict | str, default_split: str) -> list[dict]:
     if split not in ("train", "heldout", "all"):
         raise UserError(f"data source {spec['path']}: split must be train, heldout or all")
     records = _records(str(spec["path"]), split)
-    if not (spec["path"] != "pydoc:" and (Path(spec["path"]) / "datacard.json").exists()) and split != "all":
+    # A data build has its own held-out split; other sources are split here by a hash of the text.
+    if not _is_data_build(str(spec["path"])) and split != "all":
         want_heldout = split == "heldout"
         records = [r for r in records if (stable_hash("heldout:" + r["text"]) % 100 < HELDOUT_PERCENT) == want_heldout]
     for r in records:
