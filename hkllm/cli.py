@@ -21,7 +21,10 @@ from hkllm.errors import UserError
 def build_parser() -> argparse.ArgumentParser:
     from hkllm import quickstart
     from hkllm.data import cli as data_cli
+    from hkllm.eval import cli as eval_cli
+    from hkllm.eval import gate
     from hkllm.serve import bench
+    from hkllm.serve import cli as serve_cli
     from hkllm.text import cli as text_cli
     from hkllm.train import cli as train_cli
     from hkllm.train import plan, tokenizer_extend
@@ -40,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     train_cli.add_parser(sub)
     tokenizer_extend.add_parser(sub)
     plan.add_parser(sub)
+    eval_cli.add_parser(sub)
+    gate.add_parser(sub)
+    serve_cli.add_parser(sub)
     bench.add_parser(sub)
     return parser
 

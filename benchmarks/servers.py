@@ -1,0 +1,64 @@
+"""Start and stop OpenAI-compatible servers for the serve benchmarks (not a benchmark itself)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = REPO / "runs/quickstart/cpt"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_model(path: Path) -> Path:
+    if not (path / "config.json").exists():
+        sys.exit(f"{path}: no model here — run `make demo` first (it trains runs/quickstart/*)")
+    return path
+
+
+@contextlib.contextmanager
+def server(argv: list[str], port: int, ready_path: str = "/v1/models", timeout: float = 180):
+    """Run a server command, wait until ready_path answers 200, yield (base_url, Popen), stop it."""
+    log = open(REPO / f"runs/bench_{Path(argv[0]).name}_{port}.log", "w")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{' '.join(argv)} exited with {proc.returncode}; see {log.name}")
+            try:
+                if httpx.get(url + ready_path, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"{argv[0]} not ready after {timeout} s; see {log.name}")
+            time.sleep(0.5)
+        yield url + "/v1", proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def hkllm_serve(model: Path, port: int, *extra: str):
+    return server([str(BIN / "hkllm"), "serve", str(model), "--port", str(port), "--no-auth",
+                   "--state-dir", str(REPO / f"runs/bench_state_{port}"), *extra], port)

@@ -1,0 +1,1 @@
+"""Evaluation: tasks, metrics, reports and the release gate (hkllm eval, hkllm gate)."""

@@ -1,0 +1,391 @@
+"""The embedded engine: a Hugging Face causal LM on this machine, serving many requests at once.
+
+    engine = LocalEngine("runs/quickstart/dpo")
+    async for event in engine.generate(engine.encode_chat(messages), SamplingParams(max_tokens=64)):
+        print(event.text, end="")
+
+One worker thread owns the model. Between two decoding steps it takes
+waiting requests (up to `max_batch` rows in all), prefills them together (left-padded) and
+joins them to the running batch by left-padding the shorter KV cache: continuous batching at
+step granularity. Every row has its own temperature, top-p, seed, stop strings and token
+budget and streams its text back to the asyncio loop as it goes; rows that finish (or whose
+client went away) leave the batch at once. benchmarks/serve_capacity.py measures this against
+transformers' own continuous batching (`transformers serve --continuous-batching`).
+
+The gateway (app.py) talks to an engine only through `generate`, `prompt_logprobs`, the
+tokenizer helpers and a few attributes, so another engine (upstream.py) can take its place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 0.0          # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None       # top-k alternatives per generated token (completions API)
+
+
+@dataclass
+class Event:
+    """A piece of a streamed answer; the last one has a finish_reason and the token counts."""
+    text: str = ""
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled"
+    completion_tokens: int = 0
+    logprobs: list[dict] = field(default_factory=list)  # per token: {"token", "logprob", "top"}
+    prompt_tokens: int | None = None  # set on the last Event by engines that learn it late (upstream)
+
+
+@dataclass
+class Generation:
+    """One request handed to an engine: its prompt size, the prompt echoed back with its
+    log-probabilities when asked (completions API), and the stream of Events to come.
+    Nothing runs until `events` is iterated, so the gateway can still refuse the request."""
+    prompt_tokens: int | None
+    events: AsyncIterator[Event]
+    echo_text: str = ""
+    echo_logprobs: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class _Sequence:
+    prompt_ids: list[int]
+    params: SamplingParams
+    emit: callable                     # thread-safe: puts an Event on the request's queue
+    generator: torch.Generator | None
+    generated: list[int] = field(default_factory=list)
+    sent: int = 0                      # characters of decoded text already streamed
+    cancelled: bool = False
+    finished: bool = False
+
+
+@dataclass
+class _Batch:
+    """The rows being decoded together: their KV cache, attention mask (0 = left padding),
+    next position per row, the token each row feeds next, and the requests themselves."""
+    cache: object
+    mask: torch.Tensor
+    positions: torch.Tensor
+    next_ids: torch.Tensor | None
+    live: list[_Sequence]
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """A short id that changes when the weights or config change (cache keys, audit log).
+
+    Hashing hundreds of GB of weights at start-up is too slow at real scale, so we hash the
+    config plus each weight file's name, size and first and last MiB.
+    """
+    h = hashlib.sha256((model_dir / "config.json").read_bytes())
+    for f in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin")):
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+            fh.seek(max(0, size - (1 << 20)))
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()[:12]
+
+
+def longest_stop_prefix(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest end of `text` that could still grow into a stop string.
+
+    That much text is held back from the stream, so a client never sees part of a stop string.
+    """
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+class LocalEngine:
+    kind = "embedded"
+
+    def __init__(self, model_dir: str | Path, max_batch: int = 32, served_name: str | None = None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+        self.model_dir = Path(model_dir)
+        if not (self.model_dir / "config.json").exists():
+            from hkllm.errors import UserError
+            raise UserError(f"{self.model_dir}: no config.json — not a model folder (train one with `hkllm quickstart`)")
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).eval()
+        self.max_batch = max_batch
+        self.name = served_name or self.model_dir.resolve().name
+        self.version = model_fingerprint(self.model_dir)
+        template = self.tokenizer.chat_template or ""
+        self.template_version = hashlib.sha256(template.encode()).hexdigest()[:12]
+        self.max_model_len = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        try:
+            gen = GenerationConfig.from_pretrained(self.model_dir)
+        except OSError:
+            gen = GenerationConfig()
+        eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
+        self.default_temperature = float(gen.temperature or 1.0) if gen.do_sample else 0.0
+        self.default_top_p = float(gen.top_p or 1.0)
+
+        self._waiting: list[_Sequence] = []
+        self._scoring: list[tuple] = []
+        self._running = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._worker = threading.Thread(target=self._loop, name="hkllm-engine", daemon=True)
+        self._worker.start()
+
+    # -- what the gateway uses -------------------------------------------------------------
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        if not self.tokenizer.chat_template:
+            raise ValueError(f"{self.model_dir} has no chat template; use /v1/completions")
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+    def encode_text(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    async def chat(self, messages: list[dict], params: SamplingParams) -> Generation:
+        ids = self.encode_chat(messages)
+        return Generation(len(ids), self.generate(ids, params))
+
+    async def complete(self, prompt: str | list[int], params: SamplingParams, echo: bool = False) -> Generation:
+        ids = list(prompt) if isinstance(prompt, list) else self.encode_text(prompt)
+        if any(not 0 <= i < len(self.tokenizer) for i in ids):
+            raise ValueError(f"prompt token ids must be in [0, {len(self.tokenizer)})")
+        gen = Generation(len(ids), self.generate(ids, params))
+        if echo:
+            gen.echo_text = self.tokenizer.decode(ids)
+            if params.logprobs is not None:
+                gen.echo_logprobs = await self.prompt_logprobs(ids, params.logprobs)
+        return gen
+
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
+
+    def stats(self) -> dict:
+        with self._cond:
+            return {"waiting": len(self._waiting), "running": self._running}
+
+    async def ready(self) -> bool:
+        return self._worker.is_alive()
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Event]:
+        """Stream Events for one request; leaving the loop early (client gone) cancels it."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        gen = None
+        if params.temperature > 0:
+            gen = torch.Generator()
+            gen.manual_seed(params.seed) if params.seed is not None else gen.seed()
+        seq = _Sequence(list(prompt_ids), params, lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev), gen)
+        with self._cond:
+            self._waiting.append(seq)
+            self._cond.notify()
+        try:
+            while True:
+                event = await queue.get()
+                yield event
+                if event.finish_reason:
+                    return
+        finally:
+            seq.cancelled = True       # no-op when finished; frees the batch row otherwise
+            with self._cond:
+                if seq in self._waiting:
+                    self._waiting.remove(seq)
+
+    async def prompt_logprobs(self, prompt_ids: list[int], top: int = 1) -> list[dict]:
+        """Log-probability of every prompt token given the ones before it (None for the first).
+
+        This is what lm-evaluation-harness's `local-completions` scores multiple choice with.
+        """
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        with self._cond:
+            self._scoring.append((list(prompt_ids), top, loop, fut))
+            self._cond.notify()
+        return await fut
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    # -- the worker thread -----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        batch: _Batch | None = None
+        while True:
+            with self._cond:
+                while not (self._waiting or self._scoring or self._closed or batch):
+                    self._cond.wait()
+                if self._closed:
+                    return
+                scoring, self._scoring = self._scoring, []
+                room = self.max_batch - (len(batch.live) if batch else 0)
+                joining = [s for s in self._waiting[:room] if not s.cancelled]
+                del self._waiting[:room]
+            for ids, top, loop, fut in scoring:
+                try:
+                    result = self._score(ids, top)
+                    loop.call_soon_threadsafe(lambda f=fut, r=result: f.done() or f.set_result(r))
+                except Exception as e:  # reported to the request, never kills the worker
+                    loop.call_soon_threadsafe(lambda f=fut, e=e: f.done() or f.set_exception(e))
+            try:
+                if joining:
+                    batch = self._join(batch, self._prefill(joining))
+                if batch:
+                    batch = self._step(batch)
+            except Exception as e:
+                for seq in (batch.live if batch else []) + joining:
+                    if not seq.finished:
+                        seq.emit(Event(finish_reason="error", text=f"engine error: {type(e).__name__}: {e}"))
+                batch = None
+            with self._cond:
+                self._running = len(batch.live) if batch else 0
+
+    def _score(self, ids: list[int], top: int) -> list[dict]:
+        logits = self.model(torch.tensor([ids]), use_cache=False).logits[0, :-1].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        out = [{"token": self.token_text(ids[0]), "logprob": None, "top": None, "offset": 0}]
+        for pos, tok in enumerate(ids[1:], start=1):
+            # Offsets from decoding each prefix: a token may hold part of a character's UTF-8 bytes.
+            out.append({**self._token_logprobs(logp[pos - 1], tok, top),
+                        "offset": len(self.tokenizer.decode(ids[:pos]).rstrip("\ufffd"))})
+        return out
+
+    def _token_logprobs(self, logp_row: torch.Tensor, token: int, top: int) -> dict:
+        values, indices = torch.topk(logp_row, max(1, top))
+        return {"token": self.token_text(token), "logprob": float(logp_row[token]),
+                "top": {self.token_text(int(i)): float(v) for v, i in zip(values, indices)}}
+
+    def _prefill(self, seqs: list[_Sequence]) -> _Batch | None:
+        """Run the new requests' prompts (left-padded) and pick each one's first token."""
+        from transformers import DynamicCache
+
+        width = max(len(s.prompt_ids) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, s in enumerate(seqs):
+            ids[row, width - len(s.prompt_ids):] = torch.tensor(s.prompt_ids)
+            mask[row, width - len(s.prompt_ids):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                            logits_to_keep=1).logits[:, -1].float()
+        return self._advance_all(_Batch(cache, mask, positions[:, -1:], None, list(seqs)), logits)
+
+    def _step(self, b: _Batch) -> _Batch | None:
+        """One decoding step for every row of the running batch."""
+        b.mask = torch.cat([b.mask, torch.ones((len(b.live), 1), dtype=torch.long)], dim=1)
+        b.positions = b.positions + 1
+        logits = self.model(input_ids=b.next_ids[:, None], attention_mask=b.mask, position_ids=b.positions,
+                            cache=b.cache, use_cache=True).logits[:, -1].float()
+        return self._advance_all(b, logits)
+
+    def _advance_all(self, b: _Batch, logits: torch.Tensor) -> _Batch | None:
+        """Choose each row's next token, stream it, and drop the rows that finished."""
+        b.next_ids = self._choose(logits, b.live)
+        keep = [row for row, s in enumerate(b.live) if not self._advance(s, b.next_ids[row], logits[row])]
+        if not keep:
+            return None
+        if len(keep) < len(b.live):
+            index = torch.tensor(keep)
+            b.cache.batch_select_indices(index)
+            b.mask, b.positions, b.next_ids = b.mask[index], b.positions[index], b.next_ids[index]
+            b.live = [b.live[row] for row in keep]
+            # Columns that are padding in every remaining row are dead weight: cut them.
+            dead = int((b.mask.cumsum(-1) == 0).sum(-1).min())
+            if dead:
+                b.mask = b.mask[:, dead:]
+                for layer in b.cache.layers:
+                    layer.keys, layer.values = layer.keys[:, :, dead:], layer.values[:, :, dead:]
+        return b
+
+    @staticmethod
+    def _join(running: _Batch | None, new: _Batch | None) -> _Batch | None:
+        """Merge newly prefilled requests into the running batch: the shorter side's KV cache
+        and attention mask are padded on the left, then rows are stacked."""
+        if running is None or new is None:
+            return running or new
+        width = max(running.mask.shape[1], new.mask.shape[1])
+
+        def pad(x: torch.Tensor, dim: int) -> torch.Tensor:
+            missing = width - x.shape[dim]
+            if not missing:
+                return x
+            shape = list(x.shape)
+            shape[dim] = missing
+            return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+        for a, b in zip(running.cache.layers, new.cache.layers):
+            a.keys = torch.cat([pad(a.keys, 2), pad(b.keys, 2)])
+            a.values = torch.cat([pad(a.values, 2), pad(b.values, 2)])
+        running.mask = torch.cat([pad(running.mask, 1), pad(new.mask, 1)])
+        running.positions = torch.cat([running.positions, new.positions])
+        running.next_ids = torch.cat([running.next_ids, new.next_ids])
+        running.live += new.live
+        return running
+
+    def _choose(self, logits: torch.Tensor, live: list[_Sequence]) -> torch.Tensor:
+        chosen = logits.argmax(dim=-1)
+        for row, s in enumerate(live):
+            if s.params.temperature > 0:
+                probs = torch.softmax(logits[row] / s.params.temperature, dim=-1)
+                if s.params.top_p < 1.0:
+                    sorted_p, order = probs.sort(descending=True)
+                    drop = sorted_p.cumsum(-1) - sorted_p > s.params.top_p
+                    probs[order[drop]] = 0.0
+                chosen[row] = torch.multinomial(probs, 1, generator=s.generator)[0]
+        return chosen
+
+    def _advance(self, s: _Sequence, token: torch.Tensor, logits: torch.Tensor) -> bool:
+        """Append one token to a row and stream what became final; True when the row is done."""
+        if s.cancelled:
+            s.finished = True
+            return True
+        tok = int(token)
+        s.generated.append(tok)
+        logprobs = []
+        if s.params.logprobs is not None:
+            logprobs = [self._token_logprobs(torch.log_softmax(logits, -1), tok, s.params.logprobs)]
+        finish = None
+        if tok in self.eos_ids:
+            finish, text = "stop", self.tokenizer.decode(s.generated[:-1], skip_special_tokens=True)
+        else:
+            text = self.tokenizer.decode(s.generated, skip_special_tokens=True)
+            if len(s.generated) >= s.params.max_tokens or len(s.prompt_ids) + len(s.generated) >= self.max_model_len:
+                finish = "length"
+        for stop in s.params.stop:
+            at = text.find(stop, max(0, s.sent - len(stop)))
+            if at >= 0:
+                finish, text = "stop", text[:at]
+        if finish:
+            new = text[s.sent:]
+        else:
+            # Hold back an unfinished UTF-8 character and anything that may become a stop string.
+            end = len(text.rstrip("\ufffd"))
+            end -= longest_stop_prefix(text[:end], s.params.stop)
+            new = text[s.sent:end] if end > s.sent else ""
+        s.sent += len(new)
+        if new or finish or logprobs:
+            s.emit(Event(text=new, finish_reason=finish, completion_tokens=len(s.generated), logprobs=logprobs))
+        s.finished = finish is not None
+        return s.finished

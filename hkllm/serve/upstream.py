@@ -1,0 +1,130 @@
+"""An engine that forwards to any OpenAI-compatible server: vLLM, SGLang, llama-server,
+`transformers serve`, or another `hkllm serve`.
+
+    hkllm serve --upstream http://gpu-node:8000/v1 --upstream-key $VLLM_KEY
+
+The gateway in front still does keys, limits, the consistency cache, metrics and the audit
+log; the upstream does the model work (and checks prompt length for itself). Generation is
+always streamed from the upstream, so a client that goes away stops the upstream too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import AsyncIterator
+
+import httpx2 as httpx
+
+from hkllm.errors import UserError
+from hkllm.serve.engine import Event, Generation, SamplingParams
+from hkllm.serve.protocol import ApiError
+
+
+class UpstreamEngine:
+    kind = "upstream"
+    default_temperature, default_top_p = 1.0, 1.0   # OpenAI's defaults
+
+    def __init__(self, base_url: str, api_key: str | None = None, served_name: str | None = None,
+                 max_batch: int = 256, timeout_s: float = 600.0):
+        self.base_url = base_url.rstrip("/")
+        if not self.base_url.endswith("/v1"):
+            self.base_url += "/v1"
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.max_batch = max_batch
+        try:
+            listing = httpx.get(f"{self.base_url}/models", headers=self.headers, timeout=10).json()
+            model = listing["data"][0]
+        except Exception as e:
+            raise UserError(f"upstream {self.base_url}: cannot list models ({type(e).__name__}: {e})") from e
+        self.upstream_model = model["id"]
+        self.name = served_name or self.upstream_model
+        self.max_model_len = model.get("max_model_len")
+        # The upstream's own fingerprint when it offers one (another hkllm does), else its URL and model id.
+        self.version = model.get("version") or hashlib.sha256(f"{self.base_url}|{self.upstream_model}".encode()
+                                                               ).hexdigest()[:12]
+        self.template_version = "upstream"
+        self.client = httpx.AsyncClient(timeout=timeout_s, headers=self.headers,
+                                        limits=httpx.Limits(max_connections=max_batch))
+        self._in_flight = 0
+
+    def stats(self) -> dict:
+        return {"waiting": 0, "running": self._in_flight}
+
+    async def ready(self) -> bool:
+        try:
+            return (await self.client.get(f"{self.base_url}/models", timeout=5)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _body(self, params: SamplingParams, **extra) -> dict:
+        body = {"model": self.upstream_model, "max_tokens": params.max_tokens, "temperature": params.temperature,
+                "top_p": params.top_p, **extra}
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if params.stop:
+            body["stop"] = list(params.stop)
+        return body
+
+    async def chat(self, messages: list[dict], params: SamplingParams) -> Generation:
+        body = self._body(params, messages=messages, stream=True, stream_options={"include_usage": True})
+        return Generation(None, self._stream("/chat/completions", body, lambda c: (c.get("delta") or {}).get("content")))
+
+    async def complete(self, prompt: str | list[int], params: SamplingParams, echo: bool = False) -> Generation:
+        if echo or params.logprobs is not None:   # log-probabilities: one plain request, not a stream
+            body = self._body(params, prompt=prompt, echo=echo, logprobs=params.logprobs)
+            return Generation(None, self._once("/completions", body))
+        body = self._body(params, prompt=prompt, stream=True, stream_options={"include_usage": True})
+        return Generation(None, self._stream("/completions", body, lambda c: c.get("text")))
+
+    async def _stream(self, path: str, body: dict, text_of) -> AsyncIterator[Event]:
+        self._in_flight += 1
+        try:
+            async with self.client.stream("POST", self.base_url + path, json=body) as resp:
+                if resp.status_code != 200:
+                    raise self._error(resp.status_code, (await resp.aread()).decode("utf-8", "replace"))
+                tokens, finish, usage = 0, None, {}
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line[6:])
+                    usage = chunk.get("usage") or usage
+                    for choice in chunk.get("choices") or []:
+                        text = text_of(choice) or ""
+                        finish = choice.get("finish_reason") or finish
+                        if text:
+                            tokens += 1
+                            yield Event(text=text, completion_tokens=tokens)
+                yield Event(finish_reason=finish or "stop", completion_tokens=usage.get("completion_tokens", tokens),
+                            prompt_tokens=usage.get("prompt_tokens"))
+        finally:
+            self._in_flight -= 1
+
+    async def _once(self, path: str, body: dict) -> AsyncIterator[Event]:
+        self._in_flight += 1
+        try:
+            resp = await self.client.post(self.base_url + path, json=body)
+            if resp.status_code != 200:
+                raise self._error(resp.status_code, resp.text)
+            data = resp.json()
+            choice, usage = data["choices"][0], data.get("usage") or {}
+            lp = choice.get("logprobs") or {}
+            entries = [{"token": t, "logprob": p, "top": top} for t, p, top in
+                       zip(lp.get("tokens", []), lp.get("token_logprobs", []), lp.get("top_logprobs", []))]
+            yield Event(text=choice.get("text", ""), finish_reason=choice.get("finish_reason") or "stop",
+                        completion_tokens=usage.get("completion_tokens", 0), prompt_tokens=usage.get("prompt_tokens"),
+                        logprobs=entries)
+        finally:
+            self._in_flight -= 1
+
+    @staticmethod
+    def _error(status: int, text: str) -> ApiError:
+        """The upstream's own error, passed on with its status (a 4xx is the client's to fix)."""
+        try:
+            message = json.loads(text)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = text[:500]
+        return ApiError(status if 400 <= status < 500 else 502, f"upstream: {message}", "upstream_error")
+
+    def close(self) -> None:
+        pass
