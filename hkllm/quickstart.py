@@ -7,7 +7,9 @@
 3. cpt   localize it on the corpus twice: without replay and with 25% replay
 4. sft   chat fine-tuning on the Hong Kong instruction set
 5. dpo   preference optimisation
-and print the table of Hong Kong gain and general forgetting (bits-per-byte) for both cpt runs.
+6. eval  every model on recipes/eval/hk_suite.yaml, then `hkllm gate` dpo against base
+and print the table of Hong Kong gain and general forgetting (bits-per-byte) for both cpt runs,
+the evaluation summary and the gate's verdicts, and how to serve the model.
 A finished stage (its metrics.json exists) is skipped on re-run; an interrupted one resumes
 from its last checkpoint. `--smoke` shrinks every stage to seconds (used by the tests).
 """
@@ -74,6 +76,57 @@ def gain_forgetting_table(runs: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+SUMMARY = ["lm.bpb.hk", "lm.bpb.general", "knowledge.mc.acc", "knowledge.open.acc", "knowledge.open.parse_failure_rate",
+           "fidelity.cantonese_rate", "fidelity.simplified_leak_rate", "translation.chrf", "consistency.paraphrase",
+           "consistency.repeat.max_distinct", "safety.refusal_rate", "safety.over_refusal_rate"]
+
+
+def _suite(out: Path, smoke: bool) -> Path:
+    """recipes/eval/hk_suite.yaml with its paths made absolute and pointed at this run's corpus."""
+    import yaml
+
+    suite = yaml.safe_load((REPO / "recipes" / "eval" / "hk_suite.yaml").read_text(encoding="utf-8"))
+    for name, cfg in suite["tasks"].items():
+        for key in ("path", "policy"):
+            if key in cfg:
+                cfg[key] = str(REPO / cfg[key])
+        if name == "lm":
+            cfg["sources"] = [{**s, "path": str(out / "data")} if "quickstart" in s["path"] else s
+                              for s in _repo_paths(cfg["sources"])]
+        if smoke:
+            cfg.update(max_tokens=4, max_docs=8, probes=2, k=2)
+    path = out / "eval" / "suite.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# written by hkllm quickstart from recipes/eval/hk_suite.yaml\n"
+                    + yaml.safe_dump(suite, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def evaluate_and_gate(out: Path, smoke: bool) -> tuple[str, str]:
+    """Evaluate base → cpt → sft → dpo (each against the one before for version flips), then gate
+    dpo against base. Returns the summary table and the gate table."""
+    from hkllm.eval import gate
+    from hkllm.eval.backends import LocalBackend
+    from hkllm.eval.run import evaluate
+
+    suite, results, previous = _suite(out, smoke), {}, None
+    for name in ("base", "cpt", "sft", "dpo"):
+        print(f"== eval: hkllm eval {out / name} --suite {suite} --out {out / 'eval' / name} ==", flush=True)
+        results[name] = evaluate(LocalBackend(out / name), suite, out / "eval" / name, previous=previous)
+        previous = out / "eval" / name
+    lines = ["| metric | " + " | ".join(results) + " |", "|---|" + "---:|" * len(results)]
+    for metric in SUMMARY:
+        cells = [f"{r['metrics'][metric]['value']:.3f}" if metric in r["metrics"] else "—" for r in results.values()]
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    summary = "\n".join(lines)
+    (out / "eval" / "summary.md").write_text(summary + "\n", encoding="utf-8")
+    policy = gate.load_policy(REPO / "recipes" / "eval" / "gate.yaml")
+    rows = gate.evaluate_gate(gate.load_run(out / "eval" / "dpo"), gate.load_run(out / "eval" / "base"), policy)
+    passed = gate.write_gate(rows, out / "eval" / "dpo" / "gate.json", policy["skip_is_pass"])
+    verdict = "RELEASE" if passed else "DO NOT RELEASE / 不予發布"
+    return summary, gate.render_table(rows) + f"\n\nGate verdict for dpo vs base: {verdict}"
+
+
 def _run(args) -> int:
     from hkllm.data.build import build
     from hkllm.data.card import render_markdown
@@ -100,6 +153,17 @@ def _run(args) -> int:
     print("\n== Continued pre-training: Hong Kong gain vs general forgetting (bits-per-byte) ==")
     print(table)
     print(f"\nModels / 模型: {out}/base (general) → {out}/cpt (localized) → {out}/sft (chat) → {out}/dpo (preferences)")
+    summary, gate_table = evaluate_and_gate(out, args.smoke)
+    print(f"\n== Evaluation (recipes/eval/hk_suite.yaml; details in {out}/eval/*/report.md) ==")
+    print(summary)
+    print(f"\n== Release gate: hkllm gate {out}/eval/dpo {out}/eval/base --policy recipes/eval/gate.yaml ==")
+    print(gate_table)
+    print(f"""
+== Serve it / 啟動伺服器 ==
+  hkllm serve {out}/dpo --no-auth
+  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{{"model": "dpo", "messages": [{{"role": "user", "content": "香港有幾多個區？"}}]}}'
+(with keys: `hkllm keys create --name me`, then drop --no-auth and add -H "Authorization: Bearer $KEY")""")
     return 0
 
 

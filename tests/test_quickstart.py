@@ -18,6 +18,16 @@ def test_quickstart_runs_every_stage_and_prints_the_tables(tmp_path):
         metrics = json.loads((tmp_path / "qs" / stage / "metrics.json").read_text())
         assert {"yue", "zh-hant", "en", "zh-hans"} <= set(metrics["bpb_after"]), stage
     assert json.loads((tmp_path / "qs" / "cpt" / "metrics.json").read_text())["replay_share"] == 0.25
+    # every model evaluated, dpo gated against base, and the way to serve it shown
+    for stage in ("base", "cpt", "sft", "dpo"):
+        metrics = json.loads((tmp_path / "qs" / "eval" / stage / "results.json").read_text())["metrics"]
+        assert {"lm.bpb.hk", "knowledge.mc.acc", "safety.refusal_rate", "translation.chrf"} <= set(metrics), stage
+    assert "consistency.version.flip_rate" in json.loads(
+        (tmp_path / "qs" / "eval" / "dpo" / "results.json").read_text())["metrics"]
+    gate = json.loads((tmp_path / "qs" / "eval" / "dpo" / "gate.json").read_text())
+    assert {r["rule"] for r in gate["rules"]} >= {"hk_gain_min", "forgetting_max", "harmful_not_worse"}
+    assert "| knowledge.mc.acc |" in out.stdout and "Gate verdict for dpo vs base" in out.stdout
+    assert "hkllm serve" in out.stdout and "curl http://127.0.0.1:8000/v1/chat/completions" in out.stdout
 
     # a second run skips every finished stage
     again = subprocess.run([sys.executable, "-m", "hkllm", "quickstart", "--out", str(tmp_path / "qs"), "--smoke"],

@@ -139,6 +139,8 @@ doc_to_target: answer
 target_delimiter: ""
 metric_list:
   - metric: acc
+    aggregation: mean
+    higher_is_better: true
 """, encoding="utf-8")
     return folder
 

@@ -11,6 +11,7 @@ answer, and records metrics and the audit log. Engines provide `chat`, `complete
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -76,8 +77,13 @@ def build_app(engine, settings: Settings) -> FastAPI:
     fingerprint = f"{engine.version}-{engine.template_version}"
     max_prompt = settings.max_prompt_tokens or engine.max_model_len
 
-    app = FastAPI(title="hkllm serve", version="1", description="OpenAI-compatible API for a Hong Kong-localized "
-                  "model · 香港本地化模型的 OpenAI 相容介面")
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        audit.close()          # flush the rows still queued
+
+    app = FastAPI(title="hkllm serve", version="1", lifespan=lifespan,
+                  description="OpenAI-compatible API for a Hong Kong-localized model · 香港本地化模型的 OpenAI 相容介面")
     app.state.engine, app.state.audit = engine, audit
 
     @app.exception_handler(ApiError)
@@ -96,10 +102,6 @@ def build_app(engine, settings: Settings) -> FastAPI:
     async def _bug(request: Request, exc: Exception):
         log.exception("unhandled error on %s", request.url.path)
         return await _api_error(request, ApiError(500, f"internal error: {type(exc).__name__}", "internal_error"))
-
-    @app.on_event("shutdown")
-    async def _close():
-        audit.close()
 
     def authenticate(request: Request) -> Key:
         if not settings.auth:

@@ -9,7 +9,6 @@ numbers) before they are stored, or are not stored at all with `--no-audit-promp
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 from datetime import datetime, timezone

@@ -55,7 +55,7 @@ def _serve(args) -> int:
           f"  consistency {args.consistency} · auth {'off' if args.no_auth else 'on'} · queue {args.max_queue} · "
           f"state {settings.state_dir}/\n"
           f"  try: curl {base}/chat/completions -H 'Content-Type: application/json'"
-          + ("" if args.no_auth else " -H 'Authorization: Bearer $HKLLM_KEY'")
+          + ("" if args.no_auth else ' -H "Authorization: Bearer $HKLLM_KEY"')
           + f" -d '{{\"model\": \"{engine.name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"你好\"}}]}}'",
           file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +63,8 @@ class Generation:
 class _Sequence:
     prompt_ids: list[int]
     params: SamplingParams
-    emit: callable                     # thread-safe: puts an Event on the request's queue
+    queue: asyncio.Queue               # where the request's Events go, on the asyncio loop `loop`
+    loop: asyncio.AbstractEventLoop
     generator: torch.Generator | None
     generated: list[int] = field(default_factory=list)
     sent: int = 0                      # characters of decoded text already streamed
@@ -98,6 +98,11 @@ def model_fingerprint(model_dir: Path) -> str:
             fh.seek(max(0, size - (1 << 20)))
             h.update(fh.read(1 << 20))
     return h.hexdigest()[:12]
+
+
+def _put_all(items: list[tuple[asyncio.Queue, Event]]) -> None:
+    for queue, event in items:
+        queue.put_nowait(event)
 
 
 def longest_stop_prefix(text: str, stops: tuple[str, ...]) -> int:
@@ -143,6 +148,7 @@ class LocalEngine:
         self.default_top_p = float(gen.top_p or 1.0)
 
         self._waiting: list[_Sequence] = []
+        self._outbox: list[tuple[_Sequence, Event]] = []
         self._scoring: list[tuple] = []
         self._running = 0
         self._cond = threading.Condition()
@@ -194,7 +200,7 @@ class LocalEngine:
         if params.temperature > 0:
             gen = torch.Generator()
             gen.manual_seed(params.seed) if params.seed is not None else gen.seed()
-        seq = _Sequence(list(prompt_ids), params, lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev), gen)
+        seq = _Sequence(list(prompt_ids), params, queue, loop, gen)
         with self._cond:
             self._waiting.append(seq)
             self._cond.notify()
@@ -230,7 +236,10 @@ class LocalEngine:
     # -- the worker thread -----------------------------------------------------------------
 
     def _loop(self) -> None:
-        torch.set_grad_enabled(False)
+        with torch.inference_mode():           # this thread only ever runs inference
+            self._serve_forever()
+
+    def _serve_forever(self) -> None:
         batch: _Batch | None = None
         while True:
             with self._cond:
@@ -256,8 +265,9 @@ class LocalEngine:
             except Exception as e:
                 for seq in (batch.live if batch else []) + joining:
                     if not seq.finished:
-                        seq.emit(Event(finish_reason="error", text=f"engine error: {type(e).__name__}: {e}"))
+                        self._send(seq, Event(finish_reason="error", text=f"engine error: {type(e).__name__}: {e}"))
                 batch = None
+            self._flush()
             with self._cond:
                 self._running = len(batch.live) if batch else 0
 
@@ -278,7 +288,7 @@ class LocalEngine:
 
     def _prefill(self, seqs: list[_Sequence]) -> _Batch | None:
         """Run the new requests' prompts (left-padded) and pick each one's first token."""
-        from transformers import DynamicCache
+        from hkllm.serve.kv_cache import new_cache
 
         width = max(len(s.prompt_ids) for s in seqs)
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
@@ -287,7 +297,7 @@ class LocalEngine:
             ids[row, width - len(s.prompt_ids):] = torch.tensor(s.prompt_ids)
             mask[row, width - len(s.prompt_ids):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
+        cache = new_cache(self.model.config)
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
                             logits_to_keep=1).logits[:, -1].float()
         return self._advance_all(_Batch(cache, mask, positions[:, -1:], None, list(seqs)), logits)
@@ -336,13 +346,28 @@ class LocalEngine:
             return torch.cat([x.new_zeros(shape), x], dim=dim)
 
         for a, b in zip(running.cache.layers, new.cache.layers):
-            a.keys = torch.cat([pad(a.keys, 2), pad(b.keys, 2)])
-            a.values = torch.cat([pad(a.values, 2), pad(b.values, 2)])
+            # One tuple assignment: both sides are read before either is replaced.
+            a.keys, a.values = torch.cat([pad(a.keys, 2), pad(b.keys, 2)]), torch.cat([pad(a.values, 2), pad(b.values, 2)])
         running.mask = torch.cat([pad(running.mask, 1), pad(new.mask, 1)])
         running.positions = torch.cat([running.positions, new.positions])
         running.next_ids = torch.cat([running.next_ids, new.next_ids])
         running.live += new.live
         return running
+
+    def _send(self, s: _Sequence, event: Event) -> None:
+        self._outbox.append((s, event))
+
+    def _flush(self) -> None:
+        """Hand this step's Events to the asyncio loops: one wake-up per loop per step, not per token."""
+        by_loop: dict = {}
+        for s, event in self._outbox:
+            by_loop.setdefault(s.loop, []).append((s.queue, event))
+        self._outbox.clear()
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:    # that loop has closed: nobody is waiting for these
+                pass
 
     def _choose(self, logits: torch.Tensor, live: list[_Sequence]) -> torch.Tensor:
         chosen = logits.argmax(dim=-1)
@@ -386,6 +411,6 @@ class LocalEngine:
             new = text[s.sent:end] if end > s.sent else ""
         s.sent += len(new)
         if new or finish or logprobs:
-            s.emit(Event(text=new, finish_reason=finish, completion_tokens=len(s.generated), logprobs=logprobs))
+            self._send(s, Event(text=new, finish_reason=finish, completion_tokens=len(s.generated), logprobs=logprobs))
         s.finished = finish is not None
         return s.finished
