@@ -30,10 +30,10 @@ def check_model(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def server(argv: list[str], port: int, ready_path: str = "/v1/models", timeout: float = 180):
+def server(argv: list[str], port: int, ready_path: str = "/v1/models", timeout: float = 180, env: dict | None = None):
     """Run a server command, wait until ready_path answers 200, yield (base_url, Popen), stop it."""
     log = open(REPO / f"runs/bench_{Path(argv[0]).name}_{port}.log", "w")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -34,6 +34,7 @@ from hkllm.serve.metrics import Metrics
 from hkllm.serve.protocol import ApiError, ChatCompletionRequest, CompletionRequest, SamplingFields, validation_message
 
 log = logging.getLogger("hkllm.serve")
+ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 ANONYMOUS = Key(id="anonymous", name="anonymous", created=0.0, revoked=None, rpm=None, tpm=None)
 
 
@@ -81,6 +82,8 @@ def build_app(engine, settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI):
         yield
         audit.close()          # flush the rows still queued
+        if hasattr(engine, "aclose"):
+            await engine.aclose()
 
     app = FastAPI(title="hkllm serve", version="1", lifespan=lifespan,
                   description="OpenAI-compatible API for a Hong Kong-localized model · 香港本地化模型的 OpenAI 相容介面")
@@ -88,9 +91,14 @@ def build_app(engine, settings: Settings) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        metrics.requests.labels(request.url.path, str(exc.status)).inc()
+        endpoint = ENDPOINTS.get(request.url.path, request.url.path)
+        metrics.requests.labels(endpoint, str(exc.status)).inc()
         if exc.status == 429:
             metrics.rejections.labels(exc.code or "429").inc()
+        if endpoint in ENDPOINTS.values() and not getattr(request.state, "audited", False):
+            audit.log(time=time.time(), request_id=uuid.uuid4().hex, key_id=getattr(request.state, "key_id", None),
+                      endpoint=endpoint, model=engine.name, model_version=fingerprint, status=exc.status,
+                      cache_hit=False, finish_reason=exc.code)
         return exc.response()
 
     @app.exception_handler(RequestValidationError)
@@ -105,12 +113,14 @@ def build_app(engine, settings: Settings) -> FastAPI:
 
     def authenticate(request: Request) -> Key:
         if not settings.auth:
+            request.state.key_id = ANONYMOUS.id
             return ANONYMOUS
         header = request.headers.get("authorization", "")
         secret = header[7:].strip() if header.lower().startswith("bearer ") else ""
         key = keys.lookup(secret) if secret else None
         if key is None:
             raise ApiError(401, "missing or invalid API key (create one with `hkllm keys create`)", "invalid_api_key")
+        request.state.key_id = key.id
         return key
 
     # -- plain endpoints -------------------------------------------------------------------
@@ -224,10 +234,12 @@ def build_app(engine, settings: Settings) -> FastAPI:
                 if await request.is_disconnected():
                     task.cancel()
                     finish(key, endpoint, prompt_text, outcome, start, None, 499, count=False)
+                    request.state.audited = True
                     raise ApiError(499, "client closed the request", "client_disconnected")
                 if time.perf_counter() - start > settings.request_timeout_s:
                     task.cancel()
                     finish(key, endpoint, prompt_text, outcome, start, None, 504, count=False)
+                    request.state.audited = True
                     raise ApiError(504, f"generation took longer than {settings.request_timeout_s:g} s",
                                    "timeout")
             task.result()
@@ -277,6 +289,12 @@ def build_app(engine, settings: Settings) -> FastAPI:
         def sse(obj: dict) -> str:
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
+        # Content chunks are most of a stream: splice each text into a frame serialized once.
+        left, right = json.dumps(chunk("\0", None), ensure_ascii=False).split('"\\u0000"')
+
+        def content(text: str) -> str:
+            return f"data: {left}{json.dumps(text, ensure_ascii=False)}{right}\n\n"
+
         async def body():
             outcome = Outcome(**{**hit, "cached": True}) if hit else Outcome(prompt_tokens=gen.prompt_tokens or 0)
             first = None
@@ -297,7 +315,7 @@ def build_app(engine, settings: Settings) -> FastAPI:
                         outcome.text += ev.text
                         outcome.completion_tokens = ev.completion_tokens
                         if ev.text:
-                            yield sse(chunk(ev.text, None))
+                            yield content(ev.text)
                         if ev.finish_reason:
                             outcome.finish_reason = ev.finish_reason
                             outcome.prompt_tokens = ev.prompt_tokens or outcome.prompt_tokens
@@ -342,7 +360,7 @@ def build_app(engine, settings: Settings) -> FastAPI:
                      max_tokens=params.max_tokens, stop=list(params.stop),
                      **({} if settings.consistency else {"t": params.temperature, "p": params.top_p}))
         prompt_text = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
-        make = lambda p: engine.chat(messages, p)  # noqa: E731
+        make = lambda p: engine.chat(messages, p, stream=body.stream)  # noqa: E731
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         head = {"id": rid, "created": created, "model": engine.name, "system_fingerprint": fingerprint}
         if body.stream:
@@ -377,7 +395,7 @@ def build_app(engine, settings: Settings) -> FastAPI:
                         **({} if settings.consistency else {"t": params.temperature, "p": params.top_p}))
 
         def make_for(prompt):
-            return lambda p: engine.complete(prompt, p, echo=body.echo)
+            return lambda p: engine.complete(prompt, p, echo=body.echo, stream=body.stream)
 
         def text_of(prompt):
             return prompt if isinstance(prompt, str) else f"<{len(prompt)} token ids>"

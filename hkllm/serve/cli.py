@@ -44,7 +44,8 @@ def _serve(args) -> int:
         engine = UpstreamEngine(args.upstream, args.upstream_key, args.served_model_name, max_batch=args.max_batch)
     else:
         from hkllm.serve.engine import LocalEngine
-        engine = LocalEngine(args.model_dir, max_batch=args.max_batch, served_name=args.served_model_name)
+        engine = LocalEngine(args.model_dir, max_batch=args.max_batch, served_name=args.served_model_name,
+                             threads=args.threads)
     settings = Settings(state_dir=Path(args.state_dir), auth=not args.no_auth, consistency=args.consistency == "on", cache=not args.no_cache,
                         cache_ttl_s=args.cache_ttl, max_queue=args.max_queue, max_prompt_tokens=args.max_prompt_tokens,
                         max_output_tokens=args.max_output_tokens, request_timeout_s=args.request_timeout,
@@ -124,6 +125,8 @@ def add_parser(subparsers) -> None:
                    help="consistency mode without the response cache (every request reaches the engine)")
     s.add_argument("--cache-ttl", type=float, default=86400, help="seconds a cached answer stays valid (default 1 day)")
     s.add_argument("--max-batch", type=int, default=32, help="requests decoded together (default 32)")
+    s.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for the embedded engine (default: all cores but one, kept for HTTP)")
     s.add_argument("--max-queue", type=int, default=64,
                    help="requests that may wait beyond the batch; more get 429 + Retry-After (default 64)")
     s.add_argument("--max-prompt-tokens", type=int, default=None, help="default: the model's context length")

@@ -10,6 +10,7 @@ engine does when rows join or leave the batch) replaces the storage; assign both
 
 from __future__ import annotations
 
+import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
@@ -35,6 +36,10 @@ class GrowableLayer(DynamicLayer):
     def values(self, tensor):
         self._v = tensor
 
+    def adopt(self, keys, values, length: int) -> None:
+        """Take over buffers whose first `length` positions are filled (the rest is spare)."""
+        self._k, self._v, self._n = keys, values, length
+
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
@@ -50,6 +55,19 @@ class GrowableLayer(DynamicLayer):
         self._v[:, :, n:n + add] = value_states
         self._n = n + add
         return self.keys, self.values
+
+
+def stack_left_aligned(parts: list, width: int, spare: int) -> torch.Tensor:
+    """Stack [batch, heads, length, dim] tensors along batch, each right-aligned in `width`
+    positions (zeros on the left, which the attention mask hides), plus `spare` empty positions
+    to grow into: one copy instead of a pad, a cat, and a re-allocation at the next token."""
+    first = parts[0]
+    out = first.new_zeros(sum(p.shape[0] for p in parts), first.shape[1], width + spare, first.shape[3])
+    row = 0
+    for p in parts:
+        out[row:row + p.shape[0], :, width - p.shape[2]:width] = p
+        row += p.shape[0]
+    return out
 
 
 def new_cache(config) -> DynamicCache:

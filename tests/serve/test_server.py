@@ -267,6 +267,8 @@ def test_audit_log_stores_redacted_prompts_and_exports(serve, tmp_path):
                                                                                          "chan@example.com"}],
                               max_tokens=3)
     c.chat.completions.create(model=model_name(server), messages=HELLO, max_tokens=3)
+    with pytest.raises(openai.BadRequestError):
+        c.chat.completions.create(model=model_name(server), messages=HELLO, max_tokens=5000)
     server.stop()     # flushes the audit writer
     raw = (state / "audit.sqlite").read_bytes() + (state / "audit.sqlite-wal").read_bytes() \
         if (state / "audit.sqlite-wal").exists() else (state / "audit.sqlite").read_bytes()
@@ -274,7 +276,8 @@ def test_audit_log_stores_redacted_prompts_and_exports(serve, tmp_path):
     out = tmp_path / "audit.jsonl"
     assert main(["audit", "--state-dir", str(state), "export", "--since", "2020-01-01", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 2 and rows[0]["status"] == 200 and "[PHONE]" in rows[0]["prompt"]
+    assert [r["status"] for r in rows] == [200, 200, 400] and "[PHONE]" in rows[0]["prompt"]
+    assert rows[2]["finish_reason"] == "max_tokens_too_large" and rows[2]["key_id"] == "anonymous"
     assert "[EMAIL]" in rows[0]["prompt"] and rows[0]["completion_tokens"] == 3 and rows[0]["key_id"] == "anonymous"
     assert main(["audit", "--state-dir", str(state), "export", "--since", "2999-01-01", "--out", str(out)]) == 0
     assert out.read_text() == ""
