@@ -112,7 +112,9 @@ def evaluate_and_gate(out: Path, smoke: bool) -> tuple[str, str]:
     suite, results, previous = _suite(out, smoke), {}, None
     for name in ("base", "cpt", "sft", "dpo"):
         print(f"== eval: hkllm eval {out / name} --suite {suite} --out {out / 'eval' / name} ==", flush=True)
-        results[name] = evaluate(LocalBackend(out / name), suite, out / "eval" / name, previous=previous)
+        backend = LocalBackend(out / name)
+        results[name] = evaluate(backend, suite, out / "eval" / name, previous=previous)
+        backend.engine.close()            # one model in memory at a time
         previous = out / "eval" / name
     lines = ["| metric | " + " | ".join(results) + " |", "|---|" + "---:|" * len(results)]
     for metric in SUMMARY:

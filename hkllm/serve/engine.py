@@ -177,6 +177,7 @@ class LocalEngine:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     async def chat(self, messages: list[dict], params: SamplingParams, stream: bool = True) -> Generation:
+        # `stream` matters to engines behind a network hop (upstream.py); this one always streams.
         ids = self.encode_chat(messages)
         return Generation(len(ids), self.generate(ids, params))
 
