@@ -28,7 +28,6 @@ import argparse
 import difflib
 import json
 import math
-import os
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from typing import Callable
 
 from hkllm.errors import UserError
 from hkllm.eval.metrics import bits_per_byte, flips, mcnemar, paired_bootstrap
+from hkllm.files import write_atomic
 
 HK_VARIETIES = ("yue", "zh-hant")        # Hong Kong writing: Cantonese and Standard Written Chinese
 GENERAL_VARIETIES = ("en", "zh-hans")    # what the base model could already do, and must keep
@@ -486,13 +486,7 @@ def write_gate(rows: list[dict], out_path, skip_is_pass: bool = False, meta: dic
     doc = {"passed": passed, "skip_is_pass": skip_is_pass, **(meta or {}), "rules": rows}
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(doc, ensure_ascii=False, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(out, json.dumps(doc, ensure_ascii=False, indent=2, allow_nan=False) + "\n")
     return passed
 
 

@@ -19,6 +19,7 @@ import yaml
 
 from hkllm.errors import UserError
 from hkllm.eval import tasks as T
+from hkllm.files import write_atomic
 
 REPO_DATA = Path(__file__).resolve().parents[2] / "data" / "eval"
 
@@ -35,12 +36,6 @@ def load_suite(path: str | Path) -> dict:
                  for u in sorted(unknown)]
         raise UserError(f"{path}: unknown task(s) {', '.join(hints)}; built-in tasks: {', '.join(T.TASKS)}")
     return suite
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def evaluate(model, suite_path: str | Path, out: str | Path, previous: str | Path | None = None,

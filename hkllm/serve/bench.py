@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hkllm.files import write_atomic
+
 DEFAULT_PROMPTS = [
     "香港有幾多個區？", "點樣申請公共圖書館借書證？", "What does typhoon signal No. 8 mean?",
     "請把以下句子改寫成正式書面語：佢聽日唔使返工。", "Recommend a cha chaan teng dish to try in Mong Kok.",
@@ -164,9 +166,7 @@ def _run(args) -> int:
                  args.max_tokens, prompts, args.slo_ttft_ms, args.slo_tpot_ms)
     print(render(rows))
     out = Path(args.out)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(rows, ensure_ascii=False, indent=1), encoding="utf-8")
-    tmp.replace(out)
+    write_atomic(out, json.dumps(rows, ensure_ascii=False, indent=1))
     print(f"\nresults written to {out}")
     return 0
 

@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 
 from hkllm.errors import UserError
+from hkllm.files import write_atomic
 from hkllm.train import data as D
 from hkllm.train.chat_data import load_preferences
 from hkllm.train.metrics import bpb_by_variety
 from hkllm.train.recipe import Recipe, to_yaml
-from hkllm.train.run import MarkCompleteCheckpoints, ProgressAndLog, finish, last_checkpoint, training_arguments, write_atomic
+from hkllm.train.run import MarkCompleteCheckpoints, ProgressAndLog, finish, last_checkpoint, training_arguments
 
 
 def run(recipe: Recipe, command: str) -> dict:

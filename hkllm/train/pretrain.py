@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hkllm.errors import UserError
+from hkllm.files import write_atomic
 from hkllm.train import data as D
 from hkllm.train.metrics import bpb_by_variety
 from hkllm.train.recipe import Recipe, to_yaml
 from hkllm.train.run import (
     MarkCompleteCheckpoints, ProgressAndLog, check_fits, distributed_info, finish, last_checkpoint, training_arguments,
-    write_atomic,
 )
 
 

@@ -15,11 +15,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+from hkllm.files import write_atomic
 
 
 class ProgressAndLog(TrainerCallback):

@@ -17,11 +17,12 @@ from pathlib import Path
 
 from hkllm.data.steps import stable_hash
 from hkllm.errors import UserError
+from hkllm.files import write_atomic
 from hkllm.train import data as D
 from hkllm.train.chat_data import load_conversations
 from hkllm.train.metrics import bpb_by_variety
 from hkllm.train.recipe import Recipe, to_yaml
-from hkllm.train.run import MarkCompleteCheckpoints, ProgressAndLog, finish, last_checkpoint, training_arguments, write_atomic
+from hkllm.train.run import MarkCompleteCheckpoints, ProgressAndLog, finish, last_checkpoint, training_arguments
 
 
 def setup(recipe: Recipe):
