@@ -1,2 +1,2 @@
-"""Serving: an OpenAI-compatible gateway and engines behind it (issue 4, in progress), and
-`hkllm bench serve`, a load generator for any OpenAI-compatible server."""
+"""Serving: an OpenAI-compatible gateway (app.py) in front of an engine — embedded (engine.py)
+or any OpenAI-compatible upstream (upstream.py) — and `hkllm bench serve`, a load generator."""

@@ -178,6 +178,20 @@ def build_app(engine, settings: Settings) -> FastAPI:
             params = SamplingParams(**{**params.__dict__, "max_tokens": max(1, room)})
         return params
 
+    def lookup(parts: dict) -> tuple[str | None, dict | None]:
+        """The consistency cache's key for a request and its cached answer, if any."""
+        if not (settings.consistency and settings.cache):
+            return None, None
+        ckey = cache_key(**parts)
+        hit = cache.get(ckey)
+        metrics.cache.labels("hit" if hit else "miss").inc()
+        return ckey, hit
+
+    def remember(ckey: str | None, outcome: Outcome) -> None:
+        """Cache a finished answer (not one cut short by an error or a disconnect)."""
+        if ckey and outcome.finish_reason in ("stop", "length"):
+            cache.put(ckey, {k: v for k, v in outcome.__dict__.items() if k != "cached"})
+
     async def begin(make: Callable[[SamplingParams], Awaitable[Generation]], params: SamplingParams,
                     explicit_max: bool) -> Generation:
         """Admit a request into the engine (or 429) and return its not-yet-started Generation,
@@ -199,10 +213,7 @@ def build_app(engine, settings: Settings) -> FastAPI:
                   explicit_max: bool) -> Outcome:
         """One non-streamed answer: from the cache, or generated (cancelled if the client leaves)."""
         start = time.perf_counter()
-        ckey = cache_key(**parts) if settings.consistency and settings.cache else None
-        hit = cache.get(ckey) if ckey else None
-        if ckey:
-            metrics.cache.labels("hit" if hit else "miss").inc()
+        ckey, hit = lookup(parts)
         if hit:
             outcome = Outcome(**{**hit, "cached": True})
             finish(key, endpoint, prompt_text, outcome, start, None, 200)
@@ -245,8 +256,7 @@ def build_app(engine, settings: Settings) -> FastAPI:
             task.result()
         finally:
             admission.release()
-        if ckey and outcome.finish_reason in ("stop", "length"):
-            cache.put(ckey, {k: v for k, v in outcome.__dict__.items() if k != "cached"})
+        remember(ckey, outcome)
         finish(key, endpoint, prompt_text, outcome, start, first[0] if first else None, 200)
         return outcome
 
@@ -278,10 +288,7 @@ def build_app(engine, settings: Settings) -> FastAPI:
         """A streamed (SSE) answer. Starlette cancels the generator when the client disconnects,
         which cancels the engine's work for this request."""
         start = time.perf_counter()
-        ckey = cache_key(**parts) if settings.consistency and settings.cache else None
-        hit = cache.get(ckey) if ckey else None
-        if ckey:
-            metrics.cache.labels("hit" if hit else "miss").inc()
+        ckey, hit = lookup(parts)
         gen = None
         if not hit:
             gen = await begin(make, params, explicit_max)
@@ -324,8 +331,7 @@ def build_app(engine, settings: Settings) -> FastAPI:
                             yield sse({"error": {"message": "generation timed out", "type": "timeout",
                                                  "code": "timeout"}})
                             return
-                    if ckey and outcome.finish_reason in ("stop", "length"):
-                        cache.put(ckey, {k: v for k, v in outcome.__dict__.items() if k != "cached"})
+                    remember(ckey, outcome)
                 yield sse(chunk("", outcome.finish_reason))
                 if usage_chunk:
                     yield sse(usage_chunk(outcome))
