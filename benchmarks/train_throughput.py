@@ -45,7 +45,7 @@ def hkllm_cpt(base: Path, out: Path, texts_file: Path, steps: int, batch: int, s
     from hkllm.train.recipe import DataSpec, ModelSpec, Recipe, TrainSpec
 
     recipe = Recipe(stage="cpt", out=str(out), model=ModelSpec(path=str(base)), data=DataSpec(train=[str(texts_file)]),
-                    eval=[], train=TrainSpec(max_steps=steps, batch_size=batch, seq_len=seq, bf16=bf16, save_steps=10**9,
+                    eval=[], train=TrainSpec(max_steps=steps, batch_size=batch, seq_len=seq, precision="bf16" if bf16 else "fp32", save_steps=10**9,
                                              log_steps=steps))
     return run(recipe, "benchmark")["tokens_per_second"]
 
@@ -97,9 +97,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--model", choices=sorted(SHAPES), default="tiny")
-    ap.add_argument("--no-bf16", action="store_true")
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="auto: bf16 only where the hardware computes it natively (hkllm/precision.py)")
     args = ap.parse_args()
-    bf16 = not args.no_bf16
+    from hkllm.precision import choose
+
+    chosen = choose(args.precision)
+    print(f"precision: {chosen.name} ({chosen.reason})")
+    bf16 = chosen.name == "bf16"
 
     tmp = Path(tempfile.mkdtemp(prefix="hkllm-train-bench-"))
     texts = make_base(tmp / "base", args.model)

@@ -2,39 +2,48 @@
 
     hkllm quickstart --out runs/quickstart
 
-1. data  build the demo corpus (recipes/data/demo.yaml) and print its data card
-2. base  train a tiny general model from scratch (recipes/tiny/base.yaml)
-3. cpt   localize it on the corpus twice: without replay and with 25% replay
-4. sft   chat fine-tuning on the Hong Kong instruction set
-5. dpo   preference optimisation
-6. eval  every model on recipes/eval/hk_suite.yaml, then `hkllm gate` dpo against base
+1. data          build the demo corpus (recipes/data/demo.yaml) and print its data card
+2. instructions  generate the chat training set (recipes/data/instructions.yaml)
+3. base          train a tiny general model from scratch (recipes/tiny/base.yaml)
+4. cpt           localize it on the corpus plus the chat set, twice: without replay and with replay
+5. sft           chat fine-tuning on the chat set (assistant tokens only), with replay
+6. dpo           preference optimisation
+7. eval          every model on recipes/eval/hk_suite.yaml, then `hkllm gate` dpo against base
 and print the table of Hong Kong gain and general forgetting (bits-per-byte) for both cpt runs,
-the evaluation summary and the gate's verdicts, and how to serve the model.
+the evaluation summary, the gate's verdicts, the time each stage took, and how to serve the model.
+Precision is chosen by the hardware (hkllm/precision.py): fp32 on a CPU without native bf16.
 A finished stage (its metrics.json exists) is skipped on re-run; an interrupted one resumes
 from its last checkpoint. `--smoke` shrinks every stage to seconds (used by the tests).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from pathlib import Path
+
+from hkllm.files import write_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 HK, GENERAL = ("yue", "zh-hant"), ("en", "zh-hans")
 
 
-def _repo_paths(specs: list) -> list:
-    """Recipe paths like data/general/... are relative to the repository; make them absolute."""
-    out = []
-    for spec in specs:
-        spec = {"path": spec} if isinstance(spec, str) else dict(spec)
-        if spec["path"] != "pydoc:" and not Path(spec["path"]).is_absolute():
-            spec["path"] = str(REPO / spec["path"])
-        out.append(spec)
-    return out
+def _local(path: str, out: Path) -> str:
+    """Recipe paths under runs/quickstart/ point into this run's --out; other relative paths
+    (data/general/..., data/eval/...) are relative to the repository."""
+    if path == "pydoc:" or Path(path).is_absolute():
+        return path
+    if Path(path).parts[:2] == ("runs", "quickstart"):
+        return str(out.joinpath(*Path(path).parts[2:]))
+    return str(REPO / path)
 
 
-def _stage(name: str, recipe_file: str, out: Path, model_path: Path | None, data_dir: Path, smoke: bool, **fields):
+def _local_specs(specs: list, out: Path) -> list:
+    return [dict(spec, path=_local(spec["path"], out)) if isinstance(spec, dict) else _local(spec, out) for spec in specs]
+
+
+def _stage(name: str, recipe_file: str, out: Path, model_path: Path | None, smoke: bool, **fields):
     from hkllm.train.recipe import load
 
     run_dir = out / name
@@ -45,11 +54,9 @@ def _stage(name: str, recipe_file: str, out: Path, model_path: Path | None, data
     recipe.out = str(run_dir)
     if model_path:
         recipe.model.path = str(model_path)
-    heldout_hk = {"path": str(data_dir), "split": "heldout"}
-    recipe.eval = [heldout_hk] + [s for s in _repo_paths(recipe.eval) if "quickstart" not in s["path"]]
-    recipe.data.train = [({"path": str(data_dir)} if "quickstart" in str(s.get("path")) else s)
-                         for s in _repo_paths(recipe.data.train)]
-    recipe.data.replay = _repo_paths(recipe.data.replay)
+    recipe.eval = _local_specs(recipe.eval, out)
+    recipe.data.train = _local_specs(recipe.data.train, out)
+    recipe.data.replay = _local_specs(recipe.data.replay, out)
     for key, value in fields.items():
         setattr(recipe.data, key, value)
     if smoke:
@@ -86,13 +93,12 @@ def _suite(out: Path, smoke: bool) -> Path:
     import yaml
 
     suite = yaml.safe_load((REPO / "recipes" / "eval" / "hk_suite.yaml").read_text(encoding="utf-8"))
-    for name, cfg in suite["tasks"].items():
+    for cfg in suite["tasks"].values():
         for key in ("path", "policy"):
             if key in cfg:
-                cfg[key] = str(REPO / cfg[key])
-        if name == "lm":
-            cfg["sources"] = [{**s, "path": str(out / "data")} if "quickstart" in s["path"] else s
-                              for s in _repo_paths(cfg["sources"])]
+                cfg[key] = _local(cfg[key], out)
+        if "sources" in cfg:
+            cfg["sources"] = _local_specs(cfg["sources"], out)
         if smoke:
             cfg.update(max_tokens=4, max_docs=8, probes=2, k=2)
     path = out / "eval" / "suite.yaml"
@@ -129,37 +135,81 @@ def evaluate_and_gate(out: Path, smoke: bool) -> tuple[str, str]:
     return summary, gate.render_table(rows) + f"\n\nGate verdict for dpo vs base: {verdict}"
 
 
+class StageClock:
+    """Seconds per stage, kept in OUT/timings.json so that a resumed run still reports the stages it
+    skipped (with the time they took when they ran)."""
+
+    def __init__(self, out: Path):
+        self.path = out / "timings.json"
+        self.seconds = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.ran_now: set[str] = set()
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        started = time.time()
+        yield
+        elapsed = time.time() - started
+        if name not in self.seconds or elapsed > 1.0:   # a skipped stage keeps the time it took when it ran
+            self.seconds[name] = round(elapsed, 1)
+            self.ran_now.add(name)
+        write_atomic(self.path, json.dumps(self.seconds, indent=1))
+
+    def table(self) -> str:
+        lines = ["| stage | seconds | |", "|---|---:|---|"]
+        for name, secs in self.seconds.items():
+            lines.append(f"| {name} | {secs:,.1f} | {'' if name in self.ran_now else 'earlier run'} |")
+        total = sum(self.seconds.values())
+        lines.append(f"| **total** | **{total:,.1f}** ({total / 60:.1f} min) | |")
+        return "\n".join(lines)
+
+
 def _run(args) -> int:
     from hkllm.data.build import build
     from hkllm.data.card import render_markdown
+    from hkllm.data.instructions import build as build_instructions
+    from hkllm.data.instructions import load_spec, render_report
     from hkllm.data.recipe import load_recipe
+    from hkllm.precision import choose
 
     out = Path(args.out)
     if args.force and out.exists():
         import shutil
 
         shutil.rmtree(out)
-    print("== data: building the demo corpus / 建立示範語料 ==", flush=True)
-    card = build(load_recipe(args.data_recipe), out / "data")
-    print(render_markdown(card))
-    data_dir = out / "data"
-    _stage("base", "base.yaml", out, None, data_dir, args.smoke)
-    runs = {
-        "cpt-no-replay": _stage("cpt-no-replay", "cpt.yaml", out, out / "base", data_dir, args.smoke, replay_share=0.0),
-        "cpt": _stage("cpt", "cpt.yaml", out, out / "base", data_dir, args.smoke),
-    }
-    _stage("sft", "sft.yaml", out, out / "cpt", data_dir, args.smoke)
-    _stage("dpo", "dpo.yaml", out, out / "sft", data_dir, args.smoke)
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = choose("auto")
+    print(f"== hkllm quickstart: {chosen.name} on {chosen.device} ({chosen.reason}) ==", flush=True)
+    clock = StageClock(out)
+    with clock.stage("data"):
+        print("== data: building the demo corpus / 建立示範語料 ==", flush=True)
+        card = build(load_recipe(args.data_recipe), out / "data")
+        print(render_markdown(card))
+    with clock.stage("instructions"):
+        print("== instructions: hkllm data instructions recipes/data/instructions.yaml / 生成對話訓練集 ==", flush=True)
+        print(render_report(build_instructions(load_spec(args.instructions_recipe), out / "instructions")))
+    with clock.stage("base"):
+        _stage("base", "base.yaml", out, None, args.smoke)
+    runs = {}
+    for name, fields in (("cpt-no-replay", {"replay_share": 0.0}), ("cpt", {})):
+        with clock.stage(name):
+            runs[name] = _stage(name, "cpt.yaml", out, out / "base", args.smoke, **fields)
+    with clock.stage("sft"):
+        _stage("sft", "sft.yaml", out, out / "cpt", args.smoke)
+    with clock.stage("dpo"):
+        _stage("dpo", "dpo.yaml", out, out / "sft", args.smoke)
     table = gain_forgetting_table(runs)
-    (out / "gain_forgetting.md").write_text(table + "\n", encoding="utf-8")
+    write_atomic(out / "gain_forgetting.md", table + "\n")
     print("\n== Continued pre-training: Hong Kong gain vs general forgetting (bits-per-byte) ==")
     print(table)
     print(f"\nModels / 模型: {out}/base (general) → {out}/cpt (localized) → {out}/sft (chat) → {out}/dpo (preferences)")
-    summary, gate_table = evaluate_and_gate(out, args.smoke)
+    with clock.stage("eval + gate"):
+        summary, gate_table = evaluate_and_gate(out, args.smoke)
     print(f"\n== Evaluation (recipes/eval/hk_suite.yaml; details in {out}/eval/*/report.md) ==")
     print(summary)
     print(f"\n== Release gate: hkllm gate {out}/eval/dpo {out}/eval/base --policy recipes/eval/gate.yaml ==")
     print(gate_table)
+    print(f"\n== Time per stage / 各階段用時 ({out}/timings.json) ==")
+    print(clock.table())
     print(f"""
 == Serve it / 啟動伺服器 ==
   hkllm serve {out}/dpo --no-auth
@@ -178,6 +228,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", default="runs/quickstart", help="output folder (default: runs/quickstart)")
     p.add_argument("--data-recipe", default=str(REPO / "recipes" / "data" / "demo.yaml"),
                    help="data recipe (default: recipes/data/demo.yaml)")
+    p.add_argument("--instructions-recipe", default=str(REPO / "recipes" / "data" / "instructions.yaml"),
+                   help="chat training set recipe (default: recipes/data/instructions.yaml)")
     p.add_argument("--force", action="store_true", help="discard earlier results in --out and start again")
     p.add_argument("--smoke", action="store_true", help="a few steps of a very small model per stage (for tests)")
     p.set_defaults(func=_run)

@@ -1,4 +1,5 @@
-"""`hkllm data build RECIPE.yaml --out DIR`: build a localization corpus (see hkllm/data/build.py)."""
+"""`hkllm data build RECIPE.yaml --out DIR`: build a localization corpus (see hkllm/data/build.py);
+`hkllm data instructions RECIPE.yaml --out DIR`: generate a chat training set (hkllm/data/instructions.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,15 @@ def _build(args) -> int:
     return 0
 
 
+def _instructions(args) -> int:
+    from hkllm.data.instructions import build, load_spec, render_report
+
+    report = build(load_spec(args.recipe), args.out)
+    print(render_report(report))
+    print(f"chat set written to {args.out} (chat.jsonl, facts.jsonl, report.md) / 對話訓練集已寫入 {args.out}")
+    return 0
+
+
 def _convert_chat(args) -> int:
     from hkllm.train.chat_data import convert
 
@@ -31,7 +41,7 @@ def _convert_chat(args) -> int:
 def add_parser(subparsers) -> None:
     data = subparsers.add_parser("data", help="build the localization corpus (datatrove pipeline)",
                                  description="Corpus building for Hong Kong localization.")
-    sub = data.add_subparsers(dest="data_command", required=True, metavar="{build,convert-chat}")
+    sub = data.add_subparsers(dest="data_command", required=True, metavar="{build,instructions,convert-chat}")
     p = sub.add_parser(
         "build", help="read, clean, dedup, decontaminate, split and mix sources into a corpus",
         description="Run a data recipe: read sources → normalize → detect variety → redact → quality filters → "
@@ -46,6 +56,18 @@ def add_parser(subparsers) -> None:
     p.add_argument("--force", action="store_true", help="delete an existing build in --out and start again")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no data card on screen")
     p.set_defaults(func=_build)
+
+    p = sub.add_parser(
+        "instructions", help="generate a chat training set from tables and seed files, decontaminated",
+        description="Expand facts, open-data tables, safety seeds and parallel sentences by templates into "
+        "conversations in Cantonese, Standard Written Chinese and English (chat.jsonl), plus fact documents for "
+        "continued pre-training (facts.jsonl). Chats that share an n-gram with an evaluation set are dropped and "
+        "counted (report.md).",
+        epilog="example: hkllm data instructions recipes/data/instructions.yaml --out runs/instructions",
+    )
+    p.add_argument("recipe", help="instructions recipe YAML (see recipes/data/instructions.yaml)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_instructions)
 
     p = sub.add_parser(
         "convert-chat", help="convert alpaca or sharegpt chat data to OpenAI messages JSONL",

@@ -5,8 +5,9 @@
     model.loglikelihoods([("香港有幾多個區？\n答案：", "18個")])
     model.doc_nll(["一段香港文字"])                          # [(nats, bytes)]
     model.chat([[{"role": "user", "content": "你好"}]], max_tokens=64)
+    model.chat_with_finish(...)                           # [(answer, "stop" | "length")]
 
-Every evaluation task uses only these three calls, so the same suite scores a local folder
+Every evaluation task uses only these calls, so the same suite scores a local folder
 and a served model. Generation is greedy: evaluation must be repeatable.
 """
 
@@ -69,15 +70,20 @@ class LocalBackend:
         return out
 
     def chat(self, conversations: list[list[dict]], max_tokens: int = 128) -> list[str]:
+        return [text for text, _ in self.chat_with_finish(conversations, max_tokens)]
+
+    def chat_with_finish(self, conversations: list[list[dict]], max_tokens: int = 128) -> list[tuple[str, str]]:
+        """(answer, finish reason): "stop" when the model ended its turn, "length" at max_tokens."""
         from hkllm.serve.engine import SamplingParams
 
         params = SamplingParams(max_tokens=max_tokens)
 
         async def one(messages):
-            text = ""
+            text, finish = "", "length"
             async for event in self.engine.generate(self.engine.encode_chat(messages), params):
                 text += event.text
-            return text
+                finish = event.finish_reason or finish
+            return text, finish
 
         async def all_():
             return await asyncio.gather(*(one(m) for m in conversations))
@@ -123,6 +129,9 @@ class RemoteBackend:
                 for t in texts]
 
     def chat(self, conversations: list[list[dict]], max_tokens: int = 128) -> list[str]:
+        return [text for text, _ in self.chat_with_finish(conversations, max_tokens)]
+
+    def chat_with_finish(self, conversations: list[list[dict]], max_tokens: int = 128) -> list[tuple[str, str]]:
         from openai import AsyncOpenAI
 
         async def all_():
@@ -133,7 +142,7 @@ class RemoteBackend:
                 async with gate:
                     r = await client.chat.completions.create(model=self.name, messages=messages, max_tokens=max_tokens,
                                                              temperature=0, seed=0)
-                    return r.choices[0].message.content or ""
+                    return r.choices[0].message.content or "", r.choices[0].finish_reason or "length"
 
             try:
                 return await asyncio.gather(*(one(m) for m in conversations))

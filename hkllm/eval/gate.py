@@ -356,6 +356,15 @@ def mc_accuracy_delta(candidate: Run, baseline: Run, threshold: float, policy: d
     return value, _at_least(value, threshold), detail
 
 
+def degenerate(candidate: Run, baseline: Run, threshold: float, policy: dict):
+    """Share of the candidate's chat answers that are empty, whitespace or one unit repeated."""
+    v, why = _values("chat.degenerate_rate", candidate=candidate)
+    if why:
+        return None, "skip", why
+    value = v["candidate"]
+    return value, _at_most(value, threshold), f"{value:.1%} of chat answers are empty or one token repeated"
+
+
 @dataclass(frozen=True)
 class Rule:
     check: Callable
@@ -383,6 +392,8 @@ RULES = {
                              "candidate safety.over_refusal_rate: share of harmless prompts refused"),
     "mc_accuracy_min_delta": Rule(mc_accuracy_delta, ">=", "delta",
                                   "candidate - baseline knowledge.mc.acc; McNemar on paired items"),
+    "degenerate_max": Rule(degenerate, "<=", "rate",
+                           "candidate chat.degenerate_rate: share of answers empty, whitespace or one token repeated"),
 }
 
 # --- 3. the policy ----------------------------------------------------------------------------

@@ -356,6 +356,16 @@ def extract_choice(text: str, n_choices: int, choices: list[str] | None = None) 
     return None
 
 
+# Degenerate answers: nothing to read. Empty, whitespace or punctuation only, or one unit (a
+# Han character or a word) repeated: "", "\n\n\n", "。。。", "好好好好", "the the the".
+_UNIT = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]|[^\W_]+")
+
+
+def is_degenerate(text: str) -> bool:
+    units = _UNIT.findall(unicodedata.normalize("NFKC", text).lower())
+    return not units or (len(units) > 1 and len(set(units)) == 1)
+
+
 # Refusals: the assistant declining, in English, Standard Written Chinese (Traditional and
 # Simplified) and Cantonese. Matched, as regexes, against the NFKC-normalized, lowercased answer
 # (so "，" is ","), with curly apostrophes straightened. Every pattern needs a first-person

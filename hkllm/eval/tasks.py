@@ -5,7 +5,7 @@
 
 `model` is a backend (backends.py): loglikelihoods, doc_nll and chat are all a task may use.
 `cfg` is the task's block of the suite YAML, paths already resolved. Read top to bottom:
-lm → knowledge → fidelity → translation → consistency → safety → external.
+lm → knowledge → fidelity → translation → consistency → safety → chat → external.
 """
 
 from __future__ import annotations
@@ -264,6 +264,50 @@ def safety(model, cfg: dict):
     return metrics, samples
 
 
+# -- chat: does it answer at all? ----------------------------------------------------------
+
+def chat(model, cfg: dict):
+    """Every prompt of every source, answered within max_tokens (default 128): degenerate answers
+    (empty, whitespace, one unit repeated), answers that end the turn by themselves, answers in
+    the asker's variety (by `hkllm text detect`; translation and rewriting tasks excepted), and
+    refusals where a source marks `should_refuse`. Metrics pool all sources (chat.*) and are
+    also given per source (chat.<name>.*), e.g. unseen prompts apart from the suite's own."""
+    from hkllm.text.detect import detect
+
+    samples = []
+    for source in cfg["sources"]:
+        text_field = source.get("field", "prompt")
+        items = [it for it in read_jsonl(source["path"], ("id", text_field)) if it.get("kind") != "task"]
+        answers = model.chat_with_finish([[{"role": "user", "content": it[text_field]}] for it in items],
+                                         max_tokens=cfg.get("max_tokens", 128))
+        for it, (answer, finish) in zip(items, answers):
+            lang = it.get("lang", "")
+            variety = detect(answer).variety if answer.strip() else "empty"
+            row = {"task": "chat", "id": it["id"], "source": source["name"], "prompt": it[text_field], "output": answer,
+                   "lang": lang, "variety": variety, "degenerate": M.is_degenerate(answer), "stopped": finish == "stop",
+                   "language_match": variety == lang, "refused": M.is_refusal(answer)}
+            if "should_refuse" in it:
+                row["should_refuse"] = bool(it["should_refuse"])
+            row["score"] = float(not row["degenerate"] and row["stopped"] and row["language_match"])
+            samples.append(row)
+    metrics = {}
+    for prefix, rows in [("chat", samples)] + [(f"chat.{s['name']}", [r for r in samples if r["source"] == s["name"]])
+                                               for s in cfg["sources"]]:
+        if not rows:
+            continue
+        metrics[f"{prefix}.degenerate_rate"] = M.mean_ci([r["degenerate"] for r in rows])
+        metrics[f"{prefix}.stop_rate"] = M.mean_ci([r["stopped"] for r in rows])
+        for lang in sorted({r["lang"] for r in rows if r["lang"]}):
+            metrics[f"{prefix}.language_match.{lang}"] = M.mean_ci([r["language_match"] for r in rows if r["lang"] == lang])
+        refuse = [r for r in rows if r.get("should_refuse") is True]
+        harmless = [r for r in rows if r.get("should_refuse") is False]
+        if refuse:
+            metrics.update(by_lang(f"{prefix}.refusal_rate", refuse, "refused"))
+        if harmless:
+            metrics[f"{prefix}.over_refusal_rate"] = M.mean_ci([r["refused"] for r in harmless])
+    return metrics, samples
+
+
 # -- external benchmarks on disk ------------------------------------------------------------
 
 def _last_number(text: str) -> str | None:
@@ -299,4 +343,4 @@ def external(model, cfg: dict):
 
 
 TASKS = {"lm": lm, "knowledge": knowledge, "fidelity": fidelity, "translation": translation,
-         "consistency": consistency, "safety": safety}
+         "consistency": consistency, "safety": safety, "chat": chat}

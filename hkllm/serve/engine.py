@@ -124,7 +124,7 @@ class LocalEngine:
     kind = "embedded"
 
     def __init__(self, model_dir: str | Path, max_batch: int = 32, served_name: str | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, precision: str = "auto"):
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
         # A big batch leaves one core to the HTTP layer: with every core in torch's pool, the event
@@ -139,7 +139,10 @@ class LocalEngine:
             from hkllm.errors import UserError
             raise UserError(f"{self.model_dir}: no config.json — not a model folder (train one with `hkllm quickstart`)")
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).eval()
+        from hkllm.precision import choose
+
+        self.precision = choose(precision, "serving")   # bf16 only where the hardware computes it natively
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=self.precision.torch_dtype).eval()
         self.max_batch = max_batch
         self.name = served_name or self.model_dir.resolve().name
         self.version = model_fingerprint(self.model_dir)

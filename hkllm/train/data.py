@@ -6,6 +6,9 @@ A source is `{path: ..., variety: ..., split: train|heldout|all}` where path is
 - a JSONL file or a folder of JSONL files (field `text`; `variety` from the record, its
   `metadata`, or the source), split into train/held-out by a hash of the text (10% held out),
 - `pydoc:`, the English prose that ships with Python.
+A JSONL record may hold a chat (`messages`, OpenAI style) instead of `text`: continued
+pre-training renders it with the model's chat template (`render_chats`), so instruction data
+can be mixed into pre-training in the very format the model will be asked in.
 """
 
 from __future__ import annotations
@@ -45,12 +48,17 @@ def _records(path: str, split: str) -> list[dict]:
                     continue
                 try:
                     rec = json.loads(line)
-                    text = rec["text"]
+                    text = rec["text"] if "messages" not in rec else None
                 except (json.JSONDecodeError, KeyError, TypeError) as e:
                     raise UserError(f"{f}:{lineno}: expected a JSON object with a 'text' field ({e})") from None
                 meta = rec.get("metadata") or {}
-                records.append({"text": text, "variety": rec.get("variety") or meta.get("variety"),
-                                "replay": bool(meta.get("replay"))})
+                record = {"text": text, "variety": rec.get("variety") or meta.get("variety") or rec.get("lang"),
+                          "replay": bool(meta.get("replay"))}
+                if text is None:
+                    from hkllm.train.chat_data import validate_messages
+
+                    record["messages"] = validate_messages(rec["messages"], f"{f}:{lineno}")
+                records.append(record)
     return records
 
 
@@ -65,9 +73,23 @@ def read_source(spec: dict | str, default_split: str) -> list[dict]:
     # A data build has its own held-out split; other sources are split here by a hash of the text.
     if not _is_data_build(str(spec["path"])) and split != "all":
         want_heldout = split == "heldout"
-        records = [r for r in records if (stable_hash("heldout:" + r["text"]) % 100 < HELDOUT_PERCENT) == want_heldout]
+        records = [r for r in records if (stable_hash("heldout:" + _key(r)) % 100 < HELDOUT_PERCENT) == want_heldout]
     for r in records:
         r["variety"] = spec.get("variety") or r["variety"] or "unknown"
+    return records
+
+
+def _key(record: dict) -> str:
+    return record["text"] if record["text"] is not None else json.dumps(record["messages"], ensure_ascii=False)
+
+
+def render_chats(records: list[dict], tokenizer) -> list[dict]:
+    """Chat records get their text: the conversation rendered by the model's chat template."""
+    chats = [r for r in records if r["text"] is None]
+    if chats and not getattr(tokenizer, "chat_template", None):
+        raise UserError("chat records (messages) in data.train need a tokenizer with a chat template")
+    for r in chats:
+        r["text"] = tokenizer.apply_chat_template(r["messages"], tokenize=False)
     return records
 
 

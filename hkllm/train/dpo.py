@@ -56,4 +56,4 @@ def run(recipe: Recipe, command: str) -> dict:
         "reward_accuracy": last.get("rewards/accuracies"), "reward_margin": last.get("rewards/margins"),
         "seconds": round(time.time() - started, 1),
     }
-    return finish(trainer, tokenizer, out, metrics)
+    return finish(trainer, tokenizer, out, metrics, recipe)

@@ -88,14 +88,20 @@ def setup(recipe: Recipe) -> Setup:
     import torch
 
     torch.manual_seed(recipe.train.seed)
+    model = tokenizer = None
+    if recipe.model.path:
+        model, tokenizer = load_model(recipe.model.path, recipe)
     local = D.read_sources(recipe.data.train, "train")
+    if any(r["text"] is None for r in local):
+        if tokenizer is None:
+            raise UserError("chat records (messages) in data.train need model.path: a new model has no chat "
+                            "template until its tokenizer is trained")
+        D.render_chats(local, tokenizer)
     replay = D.read_sources(recipe.data.replay, "train") + [r for r in local if r.get("replay")]
     docs = D.with_replay(local, replay, recipe.data.replay_share, seed=recipe.train.seed)
     if not docs:
         raise UserError("data.train has no documents")
-    if recipe.model.path:
-        model, tokenizer = load_model(recipe.model.path, recipe)
-    else:
+    if model is None:
         from transformers import AutoModelForCausalLM
 
         from hkllm.train.tokenizer import train_tokenizer
@@ -155,4 +161,4 @@ def run(recipe: Recipe, command: str) -> dict:
     write_atomic(out / "recipe.yaml", to_yaml(recipe, command))
     s = setup(recipe)
     trainer, metrics = train(recipe, s, out)
-    return finish(trainer, s.tokenizer, out, metrics)  # save: model folder, loss.png, metrics.json
+    return finish(trainer, s.tokenizer, out, metrics, recipe)  # save: model folder, loss.png, metrics.json

@@ -53,7 +53,7 @@ class TrainSpec:
     schedule: str = "cosine"         # cosine | wsd (warmup-stable-decay); warmup re-warms a continued run
     warmup_ratio: float = 0.05
     weight_decay: float = 0.01
-    bf16: bool = True                # bf16 autocast, also on CPU
+    precision: str = "auto"          # auto | fp32 | bf16 | fp16: auto = bf16 where the hardware has it (hkllm/precision.py)
     seed: int = 0
     save_steps: int = 100
     log_steps: int = 10
@@ -82,6 +82,9 @@ def _set(target: dict, dotted: str, value: Any, origin: str) -> None:
     for i, part in enumerate(parts):
         names = [f.name for f in dataclasses.fields(cls)]
         if part not in names:
+            if dotted == "train.bf16":
+                raise UserError(f"{origin}: 'train.bf16' was replaced by 'train.precision' (auto | fp32 | bf16 | fp16); "
+                                "auto picks bf16 only where the hardware computes it natively")
             close = difflib.get_close_matches(part, names, n=1)
             hint = f" (did you mean '{'.'.join(parts[:i] + close)}'?)" if close else f" (fields: {', '.join(names)})"
             raise UserError(f"{origin}: unknown recipe field '{'.'.join(parts[:i + 1])}'{hint}")
@@ -128,6 +131,10 @@ def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
         raise UserError(f"{path}: field 'stage' must be one of {', '.join(STAGES)}, got {recipe.stage!r}")
     if recipe.train.schedule not in ("cosine", "wsd"):
         raise UserError(f"{path}: field 'train.schedule' must be cosine or wsd")
+    from hkllm.precision import CHOICES
+
+    if recipe.train.precision not in CHOICES:
+        raise UserError(f"{path}: field 'train.precision' must be one of {', '.join(CHOICES)}, got {recipe.train.precision!r}")
     if not 0 <= recipe.data.replay_share < 1:
         raise UserError(f"{path}: field 'data.replay_share' must be in [0, 1)")
     return recipe

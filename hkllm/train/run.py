@@ -112,25 +112,37 @@ def save_model(trainer, tokenizer, out: Path) -> None:
         tmp.rmdir()
 
 
+def stage_precision(recipe):
+    """train.precision resolved for this machine (see hkllm/precision.py)."""
+    from hkllm.precision import choose
+
+    return choose(recipe.train.precision, "training")
+
+
 def training_arguments(recipe, out: Path) -> dict:
     """transformers/TRL arguments shared by every stage (TRL configs add their own on top)."""
     t = recipe.train
+    precision = stage_precision(recipe)
+    print(f"hkllm: training in {precision.name} on {precision.device} ({precision.reason}) / 訓練精度 {precision.name}",
+          flush=True)
     schedule = {"cosine": ("cosine", {}), "wsd": ("warmup_stable_decay", {"num_decay_steps": max(1, t.max_steps // 5)})}
     name, kwargs = schedule[t.schedule]
     import torch
 
     return dict(
-        use_cpu=not torch.cuda.is_available(),  # bf16 autocast works on CPU too, but must be asked for
+        use_cpu=not torch.cuda.is_available(),
         output_dir=str(out / "checkpoints"), max_steps=t.max_steps, per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum, learning_rate=t.lr, lr_scheduler_type=name, lr_scheduler_kwargs=kwargs,
-        warmup_steps=math.ceil(t.warmup_ratio * t.max_steps), weight_decay=t.weight_decay, bf16=t.bf16,
+        warmup_steps=math.ceil(t.warmup_ratio * t.max_steps), weight_decay=t.weight_decay,
+        bf16=precision.name == "bf16", fp16=precision.name == "fp16",
         logging_steps=t.log_steps, save_steps=t.save_steps, save_total_limit=1, seed=t.seed, data_seed=t.seed,
         report_to=[], disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=False,
     )
 
 
-def finish(trainer, tokenizer, out: Path, metrics: dict) -> dict:
-    """The end of every stage: the model folder, loss.png and metrics.json."""
+def finish(trainer, tokenizer, out: Path, metrics: dict, recipe) -> dict:
+    """The end of every stage: the model folder, loss.png and metrics.json (with the precision used)."""
+    metrics = {**metrics, "precision": stage_precision(recipe).as_dict()}
     save_model(trainer, tokenizer, out)
     if trainer.is_world_process_zero():
         plot_loss(out)

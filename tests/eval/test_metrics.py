@@ -368,3 +368,12 @@ def test_bits_per_byte():
     for n_bytes in (0, -3):
         with pytest.raises(ValueError):
             bits_per_byte(1.0, n_bytes)
+
+
+@pytest.mark.parametrize("text, degenerate", [
+    ("", True), ("   \n\n", True), ("。。。！", True), ("好好好好", True), ("the the the", True), ("\n\n\n\n", True),
+    ("好", False), ("香港有十八區。", False), ("Yes.", False), ("OK OK fine", False)])
+def test_degenerate_answers(text, degenerate):
+    from hkllm.eval.metrics import is_degenerate
+
+    assert is_degenerate(text) is degenerate

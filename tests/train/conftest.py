@@ -42,7 +42,7 @@ def pref_file(tmp_path):
 
 TINY_MODEL = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 256, "vocab_size": 600,
               "max_position": 256}
-TINY_TRAIN = {"max_steps": 8, "batch_size": 2, "seq_len": 32, "lr": 3e-3, "log_steps": 2, "save_steps": 4, "bf16": False}
+TINY_TRAIN = {"max_steps": 8, "batch_size": 2, "seq_len": 32, "lr": 3e-3, "log_steps": 2, "save_steps": 4, "precision": "fp32"}
 
 
 def make_recipe(tmp_path: Path, stage: str, **body) -> Path:

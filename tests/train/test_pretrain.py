@@ -28,6 +28,8 @@ def test_base_run_writes_a_complete_model_folder(base_run):
     assert [r["step"] for r in logs if "loss" in r] == [2, 4, 6, 8]
     assert all(r["tokens_per_second"] > 0 for r in logs)
     assert metrics["bpb_after"]["en"] < metrics["bpb_before"]["en"]  # it learned something
+    recorded = json.loads((out / "metrics.json").read_text())["precision"]
+    assert recorded["precision"] == "fp32" and recorded["reason"]   # tests pin HKLLM_PRECISION=fp32
 
 
 def test_cpt_continues_from_a_run_folder_with_replay(tmp_path, base_run, texts):
@@ -73,3 +75,26 @@ def test_missing_model_path_is_a_clear_error(tmp_path, texts):
                               data={"train": [str(texts["hk"])]}, train=TINY_TRAIN))
     with pytest.raises(UserError, match="not a loadable Hugging Face causal LM"):
         run(recipe, "test")
+
+
+def test_cpt_renders_chat_records_with_the_models_template(tmp_path, base_run, texts):
+    from transformers import AutoTokenizer
+
+    from hkllm.train.data import read_sources, render_chats
+
+    base, _ = base_run
+    chats = tmp_path / "chat.jsonl"
+    chats.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"問題{i}"},
+                                                      {"role": "assistant", "content": f"答案{i}"}], "lang": "yue"},
+                                        ensure_ascii=False) + "\n" for i in range(40)), encoding="utf-8")
+    records = read_sources([{"path": str(chats), "split": "all"}], "train")
+    assert len(records) == 40 and records[0]["text"] is None and records[0]["variety"] == "yue"
+    render_chats(records, AutoTokenizer.from_pretrained(base))
+    assert records[0]["text"].startswith("<|im_start|>user\n問題") and "<|im_start|>assistant\n答案" in records[0]["text"]
+    recipe = load(make_recipe(tmp_path, "cpt", out=str(tmp_path / "cpt"), model={"path": str(base)},
+                              data={"train": [str(texts["hk"]), {"path": str(chats), "split": "all"}]},
+                              eval=[{"path": str(texts["hk"]), "split": "all"}], train=TINY_TRAIN))
+    assert run(recipe, "test")["train_characters"]["yue"] > 0
+    with pytest.raises(UserError, match="need model.path"):
+        run(load(make_recipe(tmp_path, "base", out=str(tmp_path / "b"), data={"train": [{"path": str(chats), "split": "all"}]},
+                             train=TINY_TRAIN)), "test")

@@ -1,0 +1,336 @@
+"""`hkllm data instructions`: a chat training set generated from tables and seed files.
+
+    hkllm data instructions recipes/data/instructions.yaml --out runs/instructions
+
+A small model learns to answer from many short, varied examples, and hand-writing thousands of
+them in three varieties is not possible; so templates expand what is written once:
+- facts   (data/chat/seeds/facts.yaml): each fact asked several ways in yue / zh-hant / en →
+          question-answer chats, multiple-choice chats (shuffled options, the answer's text as
+          the reply), and fact documents for continued pre-training (statements and Q/A lines);
+- tables  (open-data CSV/JSON): question/answer templates per row, in the recipe;
+- safety  (data/chat/seeds/safety.yaml): must-refuse requests → a refusal in the asker's
+          variety; harmless requests with risky words → a helpful answer;
+- general (data/chat/seeds/general.yaml): everyday Q&A, Cantonese → written Chinese rewrites
+          and translations from parallel sentences, letters;
+- hand-written conversations (OpenAI `messages` JSONL), kept as they are.
+Every generated chat passes the data build's decontamination filter against the evaluation
+sets (token 13-grams, 8-grams for short items): the report counts what was dropped, so an
+evaluation question is never trained on word for word. Output: `chat.jsonl` (messages, lang,
+task), `facts.jsonl` (documents: text, variety), `report.json` and `report.md`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from hkllm.errors import UserError
+from hkllm.files import write_atomic
+
+VARIETIES = ("yue", "zh-hant", "en")
+
+# Framings that vary how a request is put, so that politeness or a prefix is never the signal.
+ASK_PREFIX = {
+    "yue": ["", "", "", "請問", "想問下，", "唔該，", "我想知", "問多句：", "喂，"],
+    "zh-hant": ["", "", "", "請問", "想請教：", "你好，", "請告訴我：", "我想了解："],
+    "en": ["", "", "", "Please tell me: ", "Quick question: ", "Hi! ", "I'd like to know: ", "Can you tell me: "],
+}
+# Multiple-choice instructions; the reply is the chosen option's text (a tiny model recalls the
+# fact far more reliably than it maps the fact back to a letter).
+MC_INSTRUCTION = {
+    "yue": ["揀一個答案。", "以下邊個啱？", "請揀正確答案。", "", "答案係邊個？"],
+    "zh-hant": ["請選出正確答案。", "以下哪一項正確？", "選一個答案。", "", "正確答案是哪一個？"],
+    "en": ["Pick one.", "Which one is right?", "Choose the correct option.", "", "Select the answer."],
+}
+SYSTEM = {
+    "yue": ["你係一個熟悉香港嘅助手。", "你係港文通，用廣東話簡潔回答。"],
+    "zh-hant": ["你是熟悉香港的助手。", "你是港文通，請用書面語簡潔回答。"],
+    "en": ["You are a helpful assistant who knows Hong Kong.", "You are HKDocs, a concise assistant for Hong Kong."],
+}
+REWRITE = ["將呢句廣東話改寫成書面語：{src}", "請把以下粵語句子改寫為書面語：{src}", "改做書面中文：{src}",
+           "Rewrite this Cantonese sentence in Standard Written Chinese: {src}"]
+LANG_NAME = {"yue": {"yue": "廣東話", "zh-hant": "書面語", "en": "英文"},
+             "zh-hant": {"yue": "粵語", "zh-hant": "書面語", "en": "英文"},
+             "en": {"yue": "Cantonese", "zh-hant": "written Chinese", "en": "English"}}
+TRANSLATE = {"yue": ["將呢句譯做{tgt}：{src}", "幫我翻譯做{tgt}：{src}"],
+             "zh-hant": ["請將以下句子翻譯成{tgt}：{src}", "請譯成{tgt}：{src}"],
+             "en": ["Translate into {tgt}: {src}", "How do you say this in {tgt}? {src}"]}
+DOC_QA = {"yue": ("問：{q}\n答：{a}", "問題：{q}\n答案：{a}"), "zh-hant": ("問：{q}\n答：{a}", "問題：{q}\n答案：{a}"),
+          "en": ("Q: {q}\nA: {a}", "Question: {q}\nAnswer: {a}")}
+
+
+@dataclass
+class Spec:
+    path: Path
+    seed: int = 0
+    facts: str | None = None
+    safety: str | None = None
+    general: str | None = None
+    conversations: list = field(default_factory=list)
+    tables: list = field(default_factory=list)
+    decontaminate: list = field(default_factory=list)
+    mc_shuffles: int = 3          # multiple-choice chats per fact question
+    refusal_framings: int = 3     # framings per must-refuse request
+
+    def resolve(self, rel: str) -> Path:
+        return (self.path.parent / rel).resolve()
+
+
+def load_spec(path: str | Path) -> Spec:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"instructions recipe not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML: {e}") from None
+    known = {f for f in Spec.__dataclass_fields__ if f != "path"}
+    unknown = set(raw) - known
+    if unknown:
+        raise UserError(f"{path}: unknown field(s) {', '.join(sorted(unknown))}; expected {', '.join(sorted(known))}")
+    spec = Spec(path=path, **raw)
+    for name in ("facts", "safety", "general"):
+        value = getattr(spec, name)
+        if value and not spec.resolve(value).exists():
+            raise UserError(f"{path}: field '{name}': file not found: {spec.resolve(value)}")
+    return spec
+
+
+def _yaml(path: Path):
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML: {e}") from None
+
+
+def _chat(prompt: str, answer: str, lang: str, task: str, rng: random.Random) -> dict:
+    messages = [{"role": "user", "content": prompt.strip()}, {"role": "assistant", "content": answer.strip()}]
+    if rng.random() < 0.15:
+        messages.insert(0, {"role": "system", "content": rng.choice(SYSTEM[lang])})
+    return {"messages": messages, "lang": lang, "task": task}
+
+
+def _framed(question: str, lang: str, rng: random.Random) -> str:
+    return rng.choice(ASK_PREFIX[lang]) + question
+
+
+# -- facts ------------------------------------------------------------------------------------
+
+def _check_fact(fact, where: str) -> None:
+    if not isinstance(fact, dict) or "id" not in fact:
+        raise UserError(f"{where}: each fact needs an 'id'")
+    for v in VARIETIES:
+        block = fact.get(v)
+        if not isinstance(block, dict):
+            raise UserError(f"{where} ({fact['id']}): field '{v}' missing")
+        for key, kind in (("questions", list), ("answer", str), ("short", str), ("wrong", list)):
+            if not isinstance(block.get(key), kind):
+                raise UserError(f"{where} ({fact['id']}): field '{v}.{key}' must be a {kind.__name__}")
+
+
+def fact_chats(facts: list[dict], spec: Spec, rng: random.Random) -> list[dict]:
+    out = []
+    for fact in facts:
+        for v in VARIETIES:
+            b = fact[v]
+            for q in b["questions"]:
+                out.append(_chat(_framed(q, v, rng), b["answer"], v, "fact_qa", rng))
+                for _ in range(spec.mc_shuffles):
+                    options = [b["short"]] + list(b["wrong"])
+                    rng.shuffle(options)
+                    listing = "\n".join(f"{chr(65 + i)}. {o}" for i, o in enumerate(options))
+                    prompt = f"{q}\n{listing}\n{rng.choice(MC_INSTRUCTION[v])}"
+                    out.append(_chat(prompt, b["short"], v, "fact_mc", rng))
+    return out
+
+
+def fact_documents(facts: list[dict], rng: random.Random, per_doc: int = 6) -> list[dict]:
+    """Statements and Q/A lines for continued pre-training, a few facts per document."""
+    docs = []
+    for v in VARIETIES:
+        order = list(facts)
+        for round_ in range(2):
+            rng.shuffle(order)
+            for i in range(0, len(order), per_doc):
+                lines = []
+                for fact in order[i:i + per_doc]:
+                    b = fact[v]
+                    lines.append(b["answer"])
+                    template = DOC_QA[v][round_ % 2]
+                    lines.append(template.format(q=rng.choice(b["questions"]), a=b["short"]))
+                docs.append({"text": "\n".join(lines), "variety": v, "source": "facts"})
+    return docs
+
+
+# -- tables -----------------------------------------------------------------------------------
+
+def _table_rows(path: Path) -> list[dict]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read as UTF-8 ({e})") from None
+    if path.suffix == ".json":
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    else:
+        rows = list(csv.DictReader(text.splitlines()))
+    return [{k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in r.items()} for r in rows]
+
+
+def table_chats(spec: Spec, rng: random.Random) -> list[dict]:
+    out = []
+    for i, table in enumerate(spec.tables):
+        where = f"{spec.path}: tables[{i}]"
+        if not isinstance(table, dict) or "path" not in table:
+            raise UserError(f"{where}: needs 'path' and question/answer templates per variety")
+        rows = _table_rows(spec.resolve(table["path"]))
+        for v in VARIETIES:
+            for j, t in enumerate(table.get(v, [])):
+                for row in rows:
+                    try:
+                        q, a = t["q"].format(**row), t["a"].format(**row)
+                    except KeyError as e:
+                        raise UserError(f"{where}.{v}[{j}]: column {e} is not in {table['path']}") from None
+                    out.append(_chat(_framed(q, v, rng), a, v, "table_qa", rng))
+    return out
+
+
+# -- safety -----------------------------------------------------------------------------------
+
+def safety_chats(seeds: dict, spec: Spec, rng: random.Random) -> list[dict]:
+    out = []
+    shared = seeds.get("refusals", {})
+    for block in seeds.get("refuse", []):
+        refusals = {**shared, **(block.get("refusals") or {})}
+        for v in VARIETIES:
+            if not refusals.get(v):
+                raise UserError(f"{spec.safety}: no refusals for {v} (category {block.get('category')})")
+            for request in block.get(v, []):
+                for k in range(spec.refusal_framings):
+                    prompt = request if k == 0 else _framed(request, v, rng)
+                    out.append(_chat(prompt, rng.choice(refusals[v]), v, f"refuse:{block.get('category')}", rng))
+    for block in seeds.get("answer", []):
+        for v in VARIETIES:
+            for item in block.get(v, []):
+                for k in range(2):
+                    prompt = item["prompt"] if k == 0 else _framed(item["prompt"], v, rng)
+                    out.append(_chat(prompt, item["answer"], v, f"answer:{block.get('category')}", rng))
+    return out
+
+
+# -- general ----------------------------------------------------------------------------------
+
+def general_chats(seeds: dict, rng: random.Random) -> list[dict]:
+    out = []
+    for v, items in (seeds.get("qa") or {}).items():
+        for item in items:
+            for k in range(2):
+                out.append(_chat(item["prompt"] if k == 0 else _framed(item["prompt"], v, rng), item["answer"], v,
+                                 "general_qa", rng))
+    for triple in seeds.get("parallel") or []:
+        rewrite = rng.choice(REWRITE)
+        asked_in = "en" if rewrite.startswith("Rewrite") else "zh-hant"
+        out.append(_chat(rewrite.format(src=triple["yue"]), triple["zh-hant"], asked_in, "rewrite", rng))
+        for src in VARIETIES:
+            for tgt in VARIETIES:
+                if src != tgt:
+                    asked_in = rng.choice([src, tgt]) if "en" not in (src, tgt) else rng.choice(VARIETIES)
+                    frame = rng.choice(TRANSLATE[asked_in])
+                    prompt = frame.format(tgt=LANG_NAME[asked_in][tgt], src=triple[src])
+                    out.append(_chat(prompt, triple[tgt], asked_in, f"translate:{src}-{tgt}", rng))
+    for v, items in (seeds.get("letters") or {}).items():
+        for item in items:
+            out.append(_chat(item["prompt"], item["answer"], v, "letter", rng))
+    return out
+
+
+def hand_written(spec: Spec) -> list[dict]:
+    from hkllm.train.chat_data import read_jsonl, validate_messages
+
+    out = []
+    for rel in spec.conversations:
+        for where, r in read_jsonl(spec.resolve(rel)):
+            messages = validate_messages(r.get("messages") if isinstance(r, dict) else None, where)
+            out.append({"messages": messages, "lang": r.get("lang", "unknown"), "task": f"hand:{r.get('task', 'chat')}"})
+    return out
+
+
+# -- decontamination, writing -----------------------------------------------------------------
+
+def decontaminate(chats: list[dict], eval_files: list[Path]) -> tuple[list[dict], list[dict]]:
+    from datatrove.data import Document
+
+    from hkllm.data.steps import Decontaminate, load_eval_texts
+
+    step = Decontaminate(load_eval_texts(eval_files))
+    kept, dropped = [], []
+    for i, c in enumerate(chats):
+        text = "\n".join(m["content"] for m in c["messages"])
+        (kept if step.filter(Document(text=text, id=str(i))) is True else dropped).append(c)
+    return kept, dropped
+
+
+def generate(spec: Spec) -> tuple[list[dict], list[dict], list[dict]]:
+    """(kept chats, dropped chats, fact documents)."""
+    rng = random.Random(spec.seed)
+    chats, docs = [], []
+    if spec.facts:
+        facts = _yaml(spec.resolve(spec.facts))
+        if not isinstance(facts, list):
+            raise UserError(f"{spec.resolve(spec.facts)}: expected a list of facts")
+        for i, fact in enumerate(facts):
+            _check_fact(fact, f"{spec.resolve(spec.facts)}: fact {i + 1}")
+        chats += fact_chats(facts, spec, rng)
+        docs = fact_documents(facts, rng)
+    chats += table_chats(spec, rng)
+    if spec.safety:
+        chats += safety_chats(_yaml(spec.resolve(spec.safety)), spec, rng)
+    if spec.general:
+        chats += general_chats(_yaml(spec.resolve(spec.general)), rng)
+    chats += hand_written(spec)
+    kept, dropped = decontaminate(chats, [spec.resolve(p) for p in spec.decontaminate])
+    if docs:
+        doc_chats = [{"messages": [{"role": "assistant", "content": d["text"]}]} for d in docs]
+        _, dropped_docs = decontaminate(doc_chats, [spec.resolve(p) for p in spec.decontaminate])
+        dropped_texts = {c["messages"][0]["content"] for c in dropped_docs}
+        docs = [d for d in docs if d["text"] not in dropped_texts]
+    rng.shuffle(kept)
+    return kept, dropped, docs
+
+
+def report(kept: list[dict], dropped: list[dict], docs: list[dict]) -> dict:
+    by = Counter((c["task"].split(":")[0], c["lang"]) for c in kept)
+    tasks = sorted({t for t, _ in by})
+    return {"chats": len(kept), "fact_documents": len(docs), "dropped_by_decontamination": len(dropped),
+            "dropped_examples": [c["messages"][-2]["content"][:80] for c in dropped[:5] if len(c["messages"]) > 1],
+            "by_task": {t: {v: by.get((t, v), 0) for v in sorted({lang for _, lang in by})} for t in tasks}}
+
+
+def render_report(r: dict) -> str:
+    langs = sorted({v for row in r["by_task"].values() for v in row})
+    lines = ["| task | " + " | ".join(langs) + " |", "|---|" + "---:|" * len(langs)]
+    lines += [f"| {t} | " + " | ".join(str(row.get(v, 0)) for v in langs) + " |" for t, row in r["by_task"].items()]
+    lines.append(f"\n{r['chats']} chats, {r['fact_documents']} fact documents; "
+                 f"{r['dropped_by_decontamination']} dropped by decontamination against the evaluation sets.")
+    return "\n".join(lines)
+
+
+def build(spec: Spec, out: str | Path) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    kept, dropped, docs = generate(spec)
+    write_atomic(out / "chat.jsonl", "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in kept))
+    write_atomic(out / "facts.jsonl", "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs))
+    write_atomic(out / "dropped.jsonl", "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in dropped))
+    r = report(kept, dropped, docs)
+    write_atomic(out / "report.json", json.dumps(r, ensure_ascii=False, indent=1))
+    write_atomic(out / "report.md", render_report(r) + "\n")
+    return r
