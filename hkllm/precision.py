@@ -93,7 +93,9 @@ def choose(requested: str = "auto", purpose: str = "training") -> Precision:
     """The precision to use; `requested` is a recipe's train.precision or a server flag."""
     import torch
 
-    requested = (os.environ.get("HKLLM_PRECISION") if requested == "auto" else None) or requested
+    asked = "asked for"
+    if requested == "auto" and os.environ.get("HKLLM_PRECISION"):
+        requested, asked = os.environ["HKLLM_PRECISION"], f"HKLLM_PRECISION={os.environ['HKLLM_PRECISION']}"
     if requested not in CHOICES:
         raise UserError(f"precision {requested!r}: expected one of {', '.join(CHOICES)}")
     if torch.cuda.is_available():
@@ -101,7 +103,7 @@ def choose(requested: str = "auto", purpose: str = "training") -> Precision:
             if torch.cuda.is_bf16_supported():
                 return Precision("bf16", f"CUDA device {torch.cuda.get_device_name(0)} supports bf16", "cuda")
             return Precision("fp16", f"CUDA device {torch.cuda.get_device_name(0)} has no bf16", "cuda")
-        return Precision(requested, "asked for", "cuda")
+        return Precision(requested, asked, "cuda")
     native, offer = cpu_bf16_support()
     if requested == "auto":
         return Precision("bf16" if native else "fp32", offer, "cpu")
@@ -113,4 +115,4 @@ def choose(requested: str = "auto", purpose: str = "training") -> Precision:
         print(f"hkllm: warning: bf16 {purpose} was asked for, but {offer}: measured here, a bf16 matmul takes "
               f"{measured_bf16_slowdown():.0f}x as long as in fp32. Use precision auto (fp32 here) unless you are "
               f"testing bf16 itself. / 此 CPU 只能模擬 bf16，會慢好多。", file=sys.stderr, flush=True)
-    return Precision(requested, offer if requested == "bf16" else "asked for", "cpu")
+    return Precision(requested, f"{asked}; {offer}", "cpu")

@@ -28,8 +28,17 @@ def test_quickstart_runs_every_stage_and_prints_the_tables(tmp_path):
     assert {r["rule"] for r in gate["rules"]} >= {"hk_gain_min", "forgetting_max", "harmful_not_worse"}
     assert "| knowledge.mc.acc |" in out.stdout and "Gate verdict for dpo vs base" in out.stdout
     assert "hkllm serve" in out.stdout and "curl http://127.0.0.1:8000/v1/chat/completions" in out.stdout
+    # the chat set was generated and decontaminated, the chat task ran, precision and timings reported
+    assert "dropped by decontamination" in out.stdout and (tmp_path / "qs" / "instructions" / "chat.jsonl").exists()
+    assert "chat.degenerate_rate" in json.loads((tmp_path / "qs" / "eval" / "dpo" / "results.json").read_text())["metrics"]
+    assert "== hkllm quickstart: fp32 on cpu" in out.stdout
+    assert json.loads((tmp_path / "qs" / "sft" / "metrics.json").read_text())["precision"]["precision"] == "fp32"
+    timings = json.loads((tmp_path / "qs" / "timings.json").read_text())
+    assert list(timings) == ["data", "instructions", "base", "cpt-no-replay", "cpt", "sft", "dpo", "eval + gate"]
+    assert "| **total** |" in out.stdout
 
     # a second run skips every finished stage
     again = subprocess.run([sys.executable, "-m", "hkllm", "quickstart", "--out", str(tmp_path / "qs"), "--smoke"],
                            capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 5
+    assert "earlier run" in again.stdout      # the timing table still shows the stages the first run did

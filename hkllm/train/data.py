@@ -1,6 +1,6 @@
 """Text for training and evaluation: read sources, mix in replay, pack into token blocks.
 
-A source is `{path: ..., variety: ..., split: train|heldout|all}` where path is
+A source is `{path: ..., variety: ..., split: train|heldout|all, max_chars: N}` where path is
 - a `hkllm data build` output folder (split picks its train/ or heldout/ shards; documents keep
   their `variety`, and those flagged `replay` join the replay pool),
 - a JSONL file or a folder of JSONL files (field `text`; `variety` from the record, its
@@ -74,6 +74,15 @@ def read_source(spec: dict | str, default_split: str) -> list[dict]:
     if not _is_data_build(str(spec["path"])) and split != "all":
         want_heldout = split == "heldout"
         records = [r for r in records if (stable_hash("heldout:" + _key(r)) % 100 < HELDOUT_PERCENT) == want_heldout]
+    if spec.get("max_chars"):
+        # A cap on a big source, drawn in a fixed pseudo-random order: the rest of the mix keeps its weight.
+        kept, total = [], 0
+        for r in sorted(records, key=lambda r: stable_hash("cap:" + _key(r))):
+            if total >= spec["max_chars"]:
+                break
+            kept.append(r)
+            total += len(_key(r))
+        records = kept
     for r in records:
         r["variety"] = spec.get("variety") or r["variety"] or "unknown"
     return records

@@ -98,3 +98,14 @@ def test_cpt_renders_chat_records_with_the_models_template(tmp_path, base_run, t
     with pytest.raises(UserError, match="need model.path"):
         run(load(make_recipe(tmp_path, "base", out=str(tmp_path / "b"), data={"train": [{"path": str(chats), "split": "all"}]},
                              train=TINY_TRAIN)), "test")
+
+
+def test_max_chars_caps_a_source_with_a_stable_draw(tmp_path):
+    from hkllm.train.data import read_source
+
+    src = tmp_path / "big.jsonl"
+    src.write_text("".join(json.dumps({"text": f"文件{i:03d}" + "字" * 95}, ensure_ascii=False) + "\n" for i in range(100)),
+                   encoding="utf-8")
+    capped = read_source({"path": str(src), "split": "all", "max_chars": 1000}, "train")
+    assert len(capped) == 10 and capped == read_source({"path": str(src), "split": "all", "max_chars": 1000}, "train")
+    assert [r["text"][:5] for r in capped] != [f"文件{i:03d}" for i in range(10)]   # drawn, not the first ten
