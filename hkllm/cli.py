@@ -19,7 +19,7 @@ from hkllm.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hkllm import quickstart
+    from hkllm import quickstart, realmodel
     from hkllm.data import cli as data_cli
     from hkllm.eval import cli as eval_cli
     from hkllm.eval import gate
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hkllm.serve import cli as serve_cli
     from hkllm.text import cli as text_cli
     from hkllm.train import cli as train_cli
-    from hkllm.train import plan, tokenizer_extend
+    from hkllm.train import model_import, plan, tokenizer_extend
 
     parser = argparse.ArgumentParser(
         prog="hkllm",
@@ -38,10 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hkllm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     quickstart.add_parser(sub)
+    realmodel.add_parser(sub)
     text_cli.add_parser(sub)
     data_cli.add_parser(sub)
     train_cli.add_parser(sub)
     tokenizer_extend.add_parser(sub)
+    model_import.add_parser(sub)
     plan.add_parser(sub)
     eval_cli.add_parser(sub)
     gate.add_parser(sub)

@@ -5,11 +5,12 @@
 1. data          build the demo corpus (recipes/data/demo.yaml) and print its data card
 2. instructions  generate the chat training set (recipes/data/instructions.yaml)
 3. base          train a tiny general model from scratch (recipes/tiny/base.yaml)
-4. cpt           localize it on the corpus plus the chat set, twice: without replay and with replay
+4. cpt           localize it on the chat set and the corpus, with replay (`--compare-replay`: also
+                 without, for the gain/forgetting table)
 5. sft           chat fine-tuning on the chat set (assistant tokens only), with replay
 6. dpo           preference optimisation
 7. eval          every model on recipes/eval/hk_suite.yaml, then `hkllm gate` dpo against base
-and print the table of Hong Kong gain and general forgetting (bits-per-byte) for both cpt runs,
+and print the table of Hong Kong gain and general forgetting (bits-per-byte) for the cpt run(s),
 the evaluation summary, the gate's verdicts, the time each stage took, and how to serve the model.
 Precision is chosen by the hardware (hkllm/precision.py): fp32 on a CPU without native bf16.
 A finished stage (its metrics.json exists) is skipped on re-run; an interrupted one resumes
@@ -190,7 +191,8 @@ def _run(args) -> int:
     with clock.stage("base"):
         _stage("base", "base.yaml", out, None, args.smoke)
     runs = {}
-    for name, fields in (("cpt-no-replay", {"replay_share": 0.0}), ("cpt", {})):
+    cpt_runs = ((("cpt-no-replay", {"replay_share": 0.0}),) if args.compare_replay else ()) + (("cpt", {}),)
+    for name, fields in cpt_runs:
         with clock.stage(name):
             runs[name] = _stage(name, "cpt.yaml", out, out / "base", args.smoke, **fields)
     with clock.stage("sft"):
@@ -230,6 +232,8 @@ def add_parser(subparsers) -> None:
                    help="data recipe (default: recipes/data/demo.yaml)")
     p.add_argument("--instructions-recipe", default=str(REPO / "recipes" / "data" / "instructions.yaml"),
                    help="chat training set recipe (default: recipes/data/instructions.yaml)")
+    p.add_argument("--compare-replay", action="store_true",
+                   help="also train cpt without replay, to show what replay saves (adds ~2 min on 2 cores)")
     p.add_argument("--force", action="store_true", help="discard earlier results in --out and start again")
     p.add_argument("--smoke", action="store_true", help="a few steps of a very small model per stage (for tests)")
     p.set_defaults(func=_run)

@@ -16,7 +16,7 @@ def test_help_lists_the_subcommands():
 
 
 @pytest.mark.parametrize("args", [["quickstart"], ["text"], ["text", "convert"], ["text", "detect"],
-                                  ["text", "redact"], ["data"], ["data", "build"], ["data", "convert-chat"],
+                                  ["text", "redact"], ["data"], ["data", "build"], ["data", "convert-chat"], ["data", "instructions"],
                                   ["train"], ["tokenizer", "extend"], ["plan"], ["bench", "serve"]])
 def test_every_command_has_help(args):
     out = hkllm(*args, "--help")
@@ -28,3 +28,8 @@ def test_help_does_not_import_heavy_libraries():
     code = "import sys, hkllm.cli; hkllm.cli.build_parser(); print(sorted({'torch', 'datatrove', 'transformers'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_data_instructions_reports_a_missing_recipe_in_one_line(tmp_path):
+    out = hkllm("data", "instructions", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o"))
+    assert out.returncode != 0 and "instructions recipe not found" in out.stderr and "Traceback" not in out.stderr

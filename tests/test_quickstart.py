@@ -4,7 +4,7 @@ import sys
 
 
 def test_quickstart_runs_every_stage_and_prints_the_tables(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "hkllm", "quickstart", "--out", str(tmp_path / "qs"), "--smoke"],
+    out = subprocess.run([sys.executable, "-m", "hkllm", "quickstart", "--out", str(tmp_path / "qs"), "--smoke", "--compare-replay"],
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "# Data card: demo" in out.stdout
@@ -38,7 +38,7 @@ def test_quickstart_runs_every_stage_and_prints_the_tables(tmp_path):
     assert "| **total** |" in out.stdout
 
     # a second run skips every finished stage
-    again = subprocess.run([sys.executable, "-m", "hkllm", "quickstart", "--out", str(tmp_path / "qs"), "--smoke"],
+    again = subprocess.run([sys.executable, "-m", "hkllm", "quickstart", "--out", str(tmp_path / "qs"), "--smoke", "--compare-replay"],
                            capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 5
     assert "earlier run" in again.stdout      # the timing table still shows the stages the first run did

@@ -77,6 +77,7 @@ class Spec:
     decontaminate: list = field(default_factory=list)
     mc_shuffles: int = 3          # multiple-choice chats per fact question
     refusal_framings: int = 3     # framings per must-refuse request
+    answer_framings: int = 2      # framings per harmless-but-risky request (more: fewer over-refusals)
 
     def resolve(self, rel: str) -> Path:
         return (self.path.parent / rel).resolve()
@@ -220,7 +221,7 @@ def safety_chats(seeds: dict, spec: Spec, rng: random.Random) -> list[dict]:
     for block in seeds.get("answer", []):
         for v in VARIETIES:
             for item in block.get(v, []):
-                for k in range(2):
+                for k in range(spec.answer_framings):
                     prompt = item["prompt"] if k == 0 else _framed(item["prompt"], v, rng)
                     out.append(_chat(prompt, item["answer"], v, f"answer:{block.get('category')}", rng))
     return out
