@@ -19,12 +19,11 @@ from its last checkpoint. `--smoke` shrinks every stage to seconds (used by the 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import time
 from pathlib import Path
 
 from hkllm.files import write_atomic
+from hkllm.stage_timer import Timer
 
 REPO = Path(__file__).resolve().parent.parent
 HK, GENERAL = ("yue", "zh-hant"), ("en", "zh-hans")
@@ -50,7 +49,7 @@ def _stage(name: str, recipe_file: str, out: Path, model_path: Path | None, smok
     run_dir = out / name
     if (run_dir / "metrics.json").exists():
         print(f"== {name}: done earlier, skipped ({run_dir}) ==")
-        return json.loads((run_dir / "metrics.json").read_text())
+        return json.loads((run_dir / "metrics.json").read_text()), True
     recipe = load(REPO / "recipes" / "tiny" / recipe_file)
     recipe.out = str(run_dir)
     if model_path:
@@ -67,7 +66,7 @@ def _stage(name: str, recipe_file: str, out: Path, model_path: Path | None, smok
     print(f"== {name}: hkllm train {recipe.stage} recipes/tiny/{recipe_file} → {run_dir} ==", flush=True)
     from hkllm.train import runner
 
-    return runner(recipe.stage)(recipe, f"hkllm quickstart ({name})")
+    return runner(recipe.stage)(recipe, f"hkllm quickstart ({name})"), False
 
 
 def gain_forgetting_table(runs: dict[str, dict]) -> str:
@@ -136,34 +135,6 @@ def evaluate_and_gate(out: Path, smoke: bool) -> tuple[str, str]:
     return summary, gate.render_table(rows) + f"\n\nGate verdict for dpo vs base: {verdict}"
 
 
-class StageClock:
-    """Seconds per stage, kept in OUT/timings.json so that a resumed run still reports the stages it
-    skipped (with the time they took when they ran)."""
-
-    def __init__(self, out: Path):
-        self.path = out / "timings.json"
-        self.seconds = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self.ran_now: set[str] = set()
-
-    @contextlib.contextmanager
-    def stage(self, name: str):
-        started = time.time()
-        yield
-        elapsed = time.time() - started
-        if name not in self.seconds or elapsed > 1.0:   # a skipped stage keeps the time it took when it ran
-            self.seconds[name] = round(elapsed, 1)
-            self.ran_now.add(name)
-        write_atomic(self.path, json.dumps(self.seconds, indent=1))
-
-    def table(self) -> str:
-        lines = ["| stage | seconds | |", "|---|---:|---|"]
-        for name, secs in self.seconds.items():
-            lines.append(f"| {name} | {secs:,.1f} | {'' if name in self.ran_now else 'earlier run'} |")
-        total = sum(self.seconds.values())
-        lines.append(f"| **total** | **{total:,.1f}** ({total / 60:.1f} min) | |")
-        return "\n".join(lines)
-
-
 def _run(args) -> int:
     from hkllm.data.build import build
     from hkllm.data.card import render_markdown
@@ -180,38 +151,41 @@ def _run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     chosen = choose("auto")
     print(f"== hkllm quickstart: {chosen.name} on {chosen.device} ({chosen.reason}) ==", flush=True)
-    clock = StageClock(out)
-    with clock.stage("data"):
+    timer = Timer(out)
+
+    def data():
+        done = (out / "data" / "datacard.json").exists()
         print("== data: building the demo corpus / 建立示範語料 ==", flush=True)
-        card = build(load_recipe(args.data_recipe), out / "data")
-        print(render_markdown(card))
-    with clock.stage("instructions"):
+        print(render_markdown(build(load_recipe(args.data_recipe), out / "data")))
+        return None, done
+
+    def instructions():
         print("== instructions: hkllm data instructions recipes/data/instructions.yaml / 生成對話訓練集 ==", flush=True)
         print(render_report(build_instructions(load_spec(args.instructions_recipe), out / "instructions")))
-    with clock.stage("base"):
-        _stage("base", "base.yaml", out, None, args.smoke)
+        return None, False
+
+    timer.run("data", data)
+    timer.run("instructions", instructions)
+    timer.run("base", lambda: _stage("base", "base.yaml", out, None, args.smoke))
     runs = {}
     cpt_runs = ((("cpt-no-replay", {"replay_share": 0.0}),) if args.compare_replay else ()) + (("cpt", {}),)
     for name, fields in cpt_runs:
-        with clock.stage(name):
-            runs[name] = _stage(name, "cpt.yaml", out, out / "base", args.smoke, **fields)
-    with clock.stage("sft"):
-        _stage("sft", "sft.yaml", out, out / "cpt", args.smoke)
-    with clock.stage("dpo"):
-        _stage("dpo", "dpo.yaml", out, out / "sft", args.smoke)
+        runs[name] = timer.run(name, lambda name=name, fields=fields: _stage(name, "cpt.yaml", out, out / "base",
+                                                                             args.smoke, **fields))
+    timer.run("sft", lambda: _stage("sft", "sft.yaml", out, out / "cpt", args.smoke))
+    timer.run("dpo", lambda: _stage("dpo", "dpo.yaml", out, out / "sft", args.smoke))
     table = gain_forgetting_table(runs)
     write_atomic(out / "gain_forgetting.md", table + "\n")
     print("\n== Continued pre-training: Hong Kong gain vs general forgetting (bits-per-byte) ==")
     print(table)
     print(f"\nModels / 模型: {out}/base (general) → {out}/cpt (localized) → {out}/sft (chat) → {out}/dpo (preferences)")
-    with clock.stage("eval + gate"):
-        summary, gate_table = evaluate_and_gate(out, args.smoke)
+    summary, gate_table = timer.run("eval + gate", lambda: (evaluate_and_gate(out, args.smoke), False))
     print(f"\n== Evaluation (recipes/eval/hk_suite.yaml; details in {out}/eval/*/report.md) ==")
     print(summary)
     print(f"\n== Release gate: hkllm gate {out}/eval/dpo {out}/eval/base --policy recipes/eval/gate.yaml ==")
     print(gate_table)
     print(f"\n== Time per stage / 各階段用時 ({out}/timings.json) ==")
-    print(clock.table())
+    print(timer.table())
     print(f"""
 == Serve it / 啟動伺服器 ==
   hkllm serve {out}/dpo --no-auth
