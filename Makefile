@@ -1,5 +1,5 @@
 # make demo — set up .venv and run the end-to-end quickstart on the embedded default
-# make test — set up .venv and run the whole test suite
+# make test — set up .venv, lint (ruff) and run the whole test suite
 # make smollm2 — the pipeline on a real open-weight model (SmolLM2-135M-Instruct), ~30 min on 2 cores
 VENV   := .venv
 PYTHON ?= python3
@@ -25,6 +25,7 @@ smollm2: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/hkllm realmodel --out runs/smollm2
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check hkllm tests benchmarks data
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest
 
 bench: $(STAMP)

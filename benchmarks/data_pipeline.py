@@ -64,11 +64,11 @@ def generate(folder: Path, megabytes: float, shards: int, seed: int = 0) -> tupl
 
 
 def step_seconds(logs: Path) -> dict[str, float]:
-    from hkllm.data.build import _merged_stats
+    from hkllm.data.card import merged_stats
 
     seconds: dict[str, float] = {}
     for stage in sorted(p.name for p in logs.iterdir() if p.is_dir()):
-        for step in _merged_stats(logs / stage):
+        for step in merged_stats(logs / stage):
             seconds[f"{stage}: {step['name']}"] = seconds.get(f"{stage}: {step['name']}", 0.0) + step["seconds"]
     return seconds
 
@@ -89,7 +89,11 @@ def run_hkllm(corpus: Path, out: Path, workers: int) -> float:
 def run_bare(corpus: Path, out: Path, workers: int) -> float:
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup.minhash import (
-        MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature,
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
     )
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter

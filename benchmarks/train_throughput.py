@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SHAPES = {"tiny": dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=768),
+SHAPES = {"tiny": dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=384),   # recipes/tiny/base.yaml
           "0.5b": dict(hidden_size=1280, num_layers=24, num_heads=20, intermediate_size=3584)}
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
@@ -33,7 +33,7 @@ def make_base(folder: Path, shape: str):
 
     texts = [r["text"] for r in D.read_source({"path": "pydoc:"}, "all")]
     texts += [r["text"] for r in D.read_source({"path": str(REPO / "data/general/zh_general.jsonl")}, "all")]
-    tok = train_tokenizer(texts, vocab_size=8000)
+    tok = train_tokenizer(texts, vocab_size=4000 if shape == "tiny" else 8000)
     model = new_model(ModelSpec(**SHAPES[shape]), tok)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -74,7 +74,7 @@ def padding_vs_packing(base: Path, seq: int, batch: int) -> tuple[float, float]:
     from transformers import AutoTokenizer
     from trl.data_utils import pack_dataset
 
-    from hkllm.train.chat_data import load_conversations
+    from hkllm.data.chat import load_conversations
 
     tok = AutoTokenizer.from_pretrained(base)
     convs = load_conversations(REPO / "data/chat/hk_instructions.jsonl")

@@ -23,11 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     from hkllm.data import cli as data_cli
     from hkllm.eval import cli as eval_cli
     from hkllm.eval import gate
+    from hkllm.safety import cli as safety_cli
     from hkllm.serve import bench
     from hkllm.serve import cli as serve_cli
     from hkllm.text import cli as text_cli
     from hkllm.train import cli as train_cli
-    from hkllm.train import model_import, plan, tokenizer_extend
+    from hkllm.train import gguf_export, model_import, plan, tokenizer_extend
 
     parser = argparse.ArgumentParser(
         prog="hkllm",
@@ -44,11 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     train_cli.add_parser(sub)
     tokenizer_extend.add_parser(sub)
     model_import.add_parser(sub)
+    gguf_export.add_parser(sub)
     plan.add_parser(sub)
     eval_cli.add_parser(sub)
     gate.add_parser(sub)
     serve_cli.add_parser(sub)
     bench.add_parser(sub)
+    safety_cli.add_parser(sub)
     return parser
 
 

@@ -14,7 +14,10 @@ and print the table of Hong Kong gain and general forgetting (bits-per-byte) for
 the evaluation summary, the gate's verdicts, the time each stage took, and how to serve the model.
 Precision is chosen by the hardware (hkllm/precision.py): fp32 on a CPU without native bf16.
 A finished stage (its metrics.json exists) is skipped on re-run; an interrupted one resumes
-from its last checkpoint. `--smoke` shrinks every stage to seconds (used by the tests).
+from its last checkpoint. `--smoke` shrinks every stage to seconds (used by the tests);
+`--stop-after STAGE` ends the run there.
+The recipes and data are the ones shipped with hkllm (hkllm.assets: the checkout, or the
+installed wheel), so it runs from any directory.
 """
 
 from __future__ import annotations
@@ -22,16 +25,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hkllm import assets
 from hkllm.files import write_atomic
 from hkllm.stage_timer import Timer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = assets.ROOT      # where recipes/ and data/ are: the checkout, or hkllm/_assets in a wheel
 HK, GENERAL = ("yue", "zh-hant"), ("en", "zh-hans")
 
 
 def _local(path: str, out: Path) -> str:
     """Recipe paths under runs/quickstart/ point into this run's --out; other relative paths
-    (data/general/..., data/eval/...) are relative to the repository."""
+    (data/general/..., data/eval/...) are hkllm's shipped files."""
     if path == "pydoc:" or Path(path).is_absolute():
         return path
     if Path(path).parts[:2] == ("runs", "quickstart"):
@@ -88,19 +92,25 @@ SUMMARY = ["lm.bpb.hk", "lm.bpb.general", "knowledge.mc.acc", "knowledge.open.ac
            "consistency.repeat.max_distinct", "safety.refusal_rate", "safety.over_refusal_rate"]
 
 
+SMOKE_OPTIONS = {"max_tokens": 4, "max_docs": 8, "probes": 2, "k": 2}
+
+
 def _suite(out: Path, smoke: bool) -> Path:
     """recipes/eval/hk_suite.yaml with its paths made absolute and pointed at this run's corpus."""
     import yaml
 
-    suite = yaml.safe_load((REPO / "recipes" / "eval" / "hk_suite.yaml").read_text(encoding="utf-8"))
-    for cfg in suite["tasks"].values():
+    from hkllm.config import fields
+    from hkllm.eval.run import TASK_OPTIONS, load_suite
+
+    suite = load_suite(REPO / "recipes" / "eval" / "hk_suite.yaml")
+    for name, cfg in suite["tasks"].items():
         for key in ("path", "policy"):
             if key in cfg:
                 cfg[key] = _local(cfg[key], out)
         if "sources" in cfg:
             cfg["sources"] = _local_specs(cfg["sources"], out)
         if smoke:
-            cfg.update(max_tokens=4, max_docs=8, probes=2, k=2)
+            cfg.update({k: v for k, v in SMOKE_OPTIONS.items() if k in fields(TASK_OPTIONS[name])})
     path = out / "eval" / "suite.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("# written by hkllm quickstart from recipes/eval/hk_suite.yaml\n"
@@ -164,16 +174,33 @@ def _run(args) -> int:
         print(render_report(build_instructions(load_spec(args.instructions_recipe), out / "instructions")))
         return None, False
 
+    def stopped(name: str) -> bool:
+        if args.stop_after == name:
+            print(f"\n== stopped after {name} (--stop-after); run again without it to go on ==\n{timer.table()}")
+        return args.stop_after == name
+
     timer.run("data", data)
+    if stopped("data"):
+        return 0
     timer.run("instructions", instructions)
+    if stopped("instructions"):
+        return 0
     timer.run("base", lambda: _stage("base", "base.yaml", out, None, args.smoke))
+    if stopped("base"):
+        return 0
     runs = {}
     cpt_runs = ((("cpt-no-replay", {"replay_share": 0.0}),) if args.compare_replay else ()) + (("cpt", {}),)
     for name, fields in cpt_runs:
         runs[name] = timer.run(name, lambda name=name, fields=fields: _stage(name, "cpt.yaml", out, out / "base",
                                                                              args.smoke, **fields))
+    if stopped("cpt"):
+        return 0
     timer.run("sft", lambda: _stage("sft", "sft.yaml", out, out / "cpt", args.smoke))
+    if stopped("sft"):
+        return 0
     timer.run("dpo", lambda: _stage("dpo", "dpo.yaml", out, out / "sft", args.smoke))
+    if stopped("dpo"):
+        return 0
     table = gain_forgetting_table(runs)
     write_atomic(out / "gain_forgetting.md", table + "\n")
     print("\n== Continued pre-training: Hong Kong gain vs general forgetting (bits-per-byte) ==")
@@ -210,4 +237,6 @@ def add_parser(subparsers) -> None:
                    help="also train cpt without replay, to show what replay saves (adds ~2 min on 2 cores)")
     p.add_argument("--force", action="store_true", help="discard earlier results in --out and start again")
     p.add_argument("--smoke", action="store_true", help="a few steps of a very small model per stage (for tests)")
+    p.add_argument("--stop-after", choices=["data", "instructions", "base", "cpt", "sft", "dpo"],
+                   help="stop after this stage (a re-run without it goes on from there)")
     p.set_defaults(func=_run)

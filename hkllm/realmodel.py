@@ -25,9 +25,10 @@ import json
 import shutil
 from pathlib import Path
 
+from hkllm import assets
 from hkllm.stage_timer import Timer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = assets.ROOT      # where recipes/ and data/ are: the checkout, or hkllm/_assets in a wheel
 RECIPES = REPO / "recipes" / "smollm2"
 DEFAULT_OUT = "runs/smollm2"     # the paths written in recipes/smollm2/*.yaml
 HK, ENGLISH = ("yue", "zh-hant"), ("en",)
@@ -39,7 +40,7 @@ def _say(text: str) -> None:
 
 
 def retarget(value, out: Path):
-    """Recipe paths: `runs/smollm2/...` → OUT/..., other relative paths → the repository's."""
+    """Recipe paths: `runs/smollm2/...` → OUT/..., other relative paths → hkllm's shipped files."""
     if isinstance(value, list):
         return [retarget(v, out) for v in value]
     if isinstance(value, dict):
@@ -151,17 +152,23 @@ def stage_train(name: str, recipe_file: str, out: Path, model_path: Path, smoke:
     return runner(recipe.stage)(recipe, f"hkllm realmodel ({name})"), False
 
 
+SMOKE_OPTIONS = {"max_docs": 2, "max_chars": 200, "max_tokens": 4}
+
+
 def write_suite(out: Path, smoke: bool) -> Path:
     import yaml
 
-    suite = yaml.safe_load((RECIPES / "suite.yaml").read_text(encoding="utf-8"))
-    for cfg in suite["tasks"].values():
+    from hkllm.config import fields
+    from hkllm.eval.run import TASK_OPTIONS, load_suite
+
+    suite = load_suite(RECIPES / "suite.yaml")
+    for name, cfg in suite["tasks"].items():
         if "sources" in cfg:
             cfg["sources"] = retarget(cfg["sources"], out)
         if "path" in cfg:
             cfg["path"] = retarget(cfg["path"], out)
         if smoke:
-            cfg.update(max_docs=2, max_chars=200, max_tokens=4)
+            cfg.update({k: v for k, v in SMOKE_OPTIONS.items() if k in fields(TASK_OPTIONS[name])})
     path = out / "eval" / "suite.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("# written by hkllm realmodel from recipes/smollm2/suite.yaml\n"

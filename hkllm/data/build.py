@@ -27,8 +27,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from hkllm.data.card import merged_stats, write_card
 from hkllm.data.recipe import Recipe
 from hkllm.errors import UserError
+from hkllm.files import stable_hash
 
 
 @contextlib.contextmanager
@@ -86,8 +88,6 @@ class PartitionTag:
         self.partitions = partitions
 
     def __call__(self, data, rank: int = 0, world_size: int = 1):
-        from hkllm.data.steps import stable_hash
-
         for doc in data:
             h = stable_hash(" ".join(doc.text.split()))
             doc.metadata["text_hash"] = h
@@ -95,25 +95,8 @@ class PartitionTag:
             yield doc
 
 
-def _merged_stats(logs: Path) -> list[dict]:
-    """Per-step stats of a stage, summed over its tasks (also across resumed runs)."""
-    merged: list[dict] = []
-    for f in sorted((logs / "stats").glob("*.json")):
-        for i, step in enumerate(json.loads(f.read_text())):
-            if i >= len(merged):
-                # datatrove names steps "<type>: <name>"; keep the name
-                merged.append({"name": step["name"].split(": ", 1)[-1], "stats": Counter(), "seconds": 0.0})
-            time_stats = step.get("time_stats")
-            merged[i]["seconds"] += time_stats.get("total", 0.0) if isinstance(time_stats, dict) else 0.0
-            for key, value in step.get("stats", {}).items():
-                total = value.get("total", value.get("n", 0)) if isinstance(value, dict) else value
-                if isinstance(total, (int, float)):
-                    merged[i]["stats"][key] += total
-    return merged
-
-
 def _step_stats(logs: Path, name: str) -> Counter:
-    return sum((s["stats"] for s in _merged_stats(logs) if s["name"] == name), Counter())
+    return sum((s["stats"] for s in merged_stats(logs) if s["name"] == name), Counter())
 
 
 def _check_fingerprint(recipe: Recipe, out: Path, force: bool) -> None:
@@ -135,18 +118,42 @@ def _check_fingerprint(recipe: Recipe, out: Path, force: bool) -> None:
     tmp.replace(marker)
 
 
+def _stage_failure(name: str, e: Exception, log: Path) -> str:
+    """The message for a stage that raised something other than a UserError.
+
+    Only a failure of the machine (a full disk, a lost file, memory) is worth running again;
+    anything else comes from the data or from hkllm and would fail the same way on a re-run."""
+    if isinstance(e, (OSError, MemoryError)):
+        return (f"stage '{name}' failed: {type(e).__name__}: {e} (details: {log}); once the cause is fixed, "
+                f"re-run the same command to resume / 修正後重新執行即可續做")
+    return (f"stage '{name}' failed: {type(e).__name__}: {e} (details: {log}). Running it again will fail the same "
+            f"way: it is an input hkllm does not handle, or a bug — please report it with that log / 請附上記錄回報")
+
+
 def build(recipe: Recipe, out: Path, force: bool = False, progress: bool = True) -> dict:
     """Run (or resume) the build; return the data card."""
     from datatrove.pipeline.dedup.minhash import (
-        MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature,
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
     )
     from tqdm import tqdm
 
-    from hkllm.data.card import write_card
     from hkllm.data.readers import make_reader
     from hkllm.data.steps import (
-        Decontaminate, DetectVariety, ExactDedup, MixedScriptTokenizer, MixSampler, Normalize, QualityFilter, Redact,
-        Split, load_eval_texts, mix_rates,
+        Decontaminate,
+        DetectVariety,
+        ExactDedup,
+        MixedScriptTokenizer,
+        MixSampler,
+        Normalize,
+        QualityFilter,
+        Redact,
+        Split,
+        load_eval_texts,
+        mix_rates,
     )
 
     out = Path(out)
@@ -214,8 +221,7 @@ def build(recipe: Recipe, out: Path, force: bool = False, progress: bool = True)
             except UserError:
                 raise
             except Exception as e:
-                raise UserError(f"stage '{name}' failed: {e} (details: {work / 'datatrove.log'}); "
-                                f"re-run the same command to resume / 重新執行即可續做") from e
+                raise UserError(_stage_failure(name, e, work / "datatrove.log")) from e
             bar.update(1)
         bar.close()
 

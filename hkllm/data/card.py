@@ -6,10 +6,11 @@ datacard.json is for machines (later stages read it); datacard.md is for people.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from hkllm.data.recipe import Recipe
+from hkllm.files import read_jsonl
 
 # stage, step name in datatrove stats → name in the card
 _STEPS = [
@@ -29,13 +30,11 @@ def _count(files) -> dict:
     by_variety: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     by_source: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for f in files:
-        with open(f, encoding="utf-8") as fh:
-            for line in fh:
-                doc = json.loads(line)
-                n, meta = len(doc["text"]), doc.get("metadata", {})
-                for table, key in ((by_variety, meta.get("variety")), (by_source, meta.get("source"))):
-                    table[key][0] += 1
-                    table[key][1] += n
+        for _, doc in read_jsonl(f):
+            n, meta = len(doc["text"]), doc.get("metadata", {})
+            for table, key in ((by_variety, meta.get("variety")), (by_source, meta.get("source"))):
+                table[key][0] += 1
+                table[key][1] += n
     total_chars = sum(c for _, c in by_variety.values()) or 1
 
     def rows(table):
@@ -50,13 +49,26 @@ def _count(files) -> dict:
     }
 
 
+def merged_stats(logs: Path) -> list[dict]:
+    """Per-step stats of a stage, summed over its tasks (also across resumed runs)."""
+    merged: list[dict] = []
+    for f in sorted((logs / "stats").glob("*.json")):
+        for i, step in enumerate(json.loads(f.read_text(encoding="utf-8"))):
+            if i >= len(merged):
+                # datatrove names steps "<type>: <name>"; keep the name
+                merged.append({"name": step["name"].split(": ", 1)[-1], "stats": Counter(), "seconds": 0.0})
+            time_stats = step.get("time_stats")
+            merged[i]["seconds"] += time_stats.get("total", 0.0) if isinstance(time_stats, dict) else 0.0
+            for key, value in step.get("stats", {}).items():
+                total = value.get("total", value.get("n", 0)) if isinstance(value, dict) else value
+                if isinstance(total, (int, float)):
+                    merged[i]["stats"][key] += total
+    return merged
+
+
 def build_card(recipe: Recipe, out: Path, logs: Path, seconds: float) -> dict:
-    from collections import Counter
-
-    from hkllm.data.build import _merged_stats
-
     # Each stage's stats files are read once; steps are looked up by name.
-    merged = {stage: _merged_stats(logs / stage) for stage in {s for s, _, _ in _STEPS}}
+    merged = {stage: merged_stats(logs / stage) for stage in {s for s, _, _ in _STEPS}}
 
     def _step_stats(stage_logs: Path, name: str) -> Counter:
         return sum((s["stats"] for s in merged.get(stage_logs.name, []) if s["name"] == name), Counter())
@@ -78,7 +90,7 @@ def build_card(recipe: Recipe, out: Path, logs: Path, seconds: float) -> dict:
                         "documents_read": int(stats.get("documents", 0)), "malformed": int(stats.get("malformed", 0))})
     malformed = []
     for f in sorted((out / "rejects" / "malformed").glob("*.jsonl")):
-        malformed += [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines()]
+        malformed += [record for _, record in read_jsonl(f)]
     licenses: dict[str, list[str]] = defaultdict(list)
     for s in recipe.sources:
         licenses[s.license].append(s.name)

@@ -31,7 +31,7 @@ def _instructions(args) -> int:
 
 
 def _convert_chat(args) -> int:
-    from hkllm.train.chat_data import convert
+    from hkllm.data.chat import convert
 
     n = convert(args.input, args.format, args.out)
     print(f"{n} conversations written to {args.out} (OpenAI messages JSONL)")

@@ -21,15 +21,13 @@ task), `facts.jsonl` (documents: text, variety), `report.json` and `report.md`.
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from hkllm import config
 from hkllm.errors import UserError
 from hkllm.files import write_atomic
 
@@ -67,14 +65,14 @@ DOC_QA = {"yue": ("問：{q}\n答：{a}", "問題：{q}\n答案：{a}"), "zh-han
 
 @dataclass
 class Spec:
-    path: Path
+    path: Path = field(default=Path("."), metadata={"internal": True})   # the recipe file (not a YAML field)
     seed: int = 0
     facts: str | None = None
     safety: str | None = None
     general: str | None = None
-    conversations: list = field(default_factory=list)
-    tables: list = field(default_factory=list)
-    decontaminate: list = field(default_factory=list)
+    conversations: list[str] = field(default_factory=list)   # OpenAI `messages` JSONL files
+    tables: list[dict] = field(default_factory=list)         # {path, encoding, yue|zh-hant|en: [{q, a}]}
+    decontaminate: list[str] = field(default_factory=list)
     mc_shuffles: int = 3          # multiple-choice chats per fact question
     refusal_framings: int = 3     # framings per must-refuse request
     answer_framings: int = 2      # framings per harmless-but-risky request (more: fewer over-refusals)
@@ -85,17 +83,8 @@ class Spec:
 
 def load_spec(path: str | Path) -> Spec:
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"instructions recipe not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML: {e}") from None
-    known = {f for f in Spec.__dataclass_fields__ if f != "path"}
-    unknown = set(raw) - known
-    if unknown:
-        raise UserError(f"{path}: unknown field(s) {', '.join(sorted(unknown))}; expected {', '.join(sorted(known))}")
-    spec = Spec(path=path, **raw)
+    spec = config.load(path, Spec, missing="instructions recipe")
+    spec.path = path
     for name in ("facts", "safety", "general"):
         value = getattr(spec, name)
         if value and not spec.resolve(value).exists():
@@ -104,10 +93,7 @@ def load_spec(path: str | Path) -> Spec:
 
 
 def _yaml(path: Path):
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML: {e}") from None
+    return config.read_yaml(path, "seed file") or {}
 
 
 def _chat(prompt: str, answer: str, lang: str, task: str, rng: random.Random) -> dict:
@@ -171,19 +157,20 @@ def fact_documents(facts: list[dict], rng: random.Random, per_doc: int = 6) -> l
 
 # -- tables -----------------------------------------------------------------------------------
 
-def _table_rows(path: Path) -> list[dict]:
+def _table_rows(path: Path, encoding: str = "utf-8-sig") -> list[dict]:
+    """A table's rows as the data build reads them (hkllm/data/readers.py), cells cleaned; any bad row is an error."""
+    from hkllm.data.encodings import decode_failure
+    from hkllm.data.readers import clean_row, table_rows
+
+    def malformed(where: str, why: str):
+        raise UserError(f"{path.parent / where}: {why}")
+
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read as UTF-8 ({e})") from None
-    if path.suffix == ".json":
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-    else:
-        rows = list(csv.DictReader(text.splitlines()))
-    return [{k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in r.items()} for r in rows]
+        return [clean_row(row) for _, row in table_rows(path, path.name, encoding, malformed)]
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e})") from None
+    except UnicodeDecodeError:
+        raise UserError(decode_failure(path, str(path), encoding)) from None
 
 
 def table_chats(spec: Spec, rng: random.Random) -> list[dict]:
@@ -192,7 +179,7 @@ def table_chats(spec: Spec, rng: random.Random) -> list[dict]:
         where = f"{spec.path}: tables[{i}]"
         if not isinstance(table, dict) or "path" not in table:
             raise UserError(f"{where}: needs 'path' and question/answer templates per variety")
-        rows = _table_rows(spec.resolve(table["path"]))
+        rows = _table_rows(spec.resolve(table["path"]), table.get("encoding", "utf-8-sig"))
         for v in VARIETIES:
             for j, t in enumerate(table.get(v, [])):
                 for row in rows:
@@ -254,11 +241,11 @@ def general_chats(seeds: dict, rng: random.Random) -> list[dict]:
 
 
 def hand_written(spec: Spec) -> list[dict]:
-    from hkllm.train.chat_data import read_jsonl, validate_messages
+    from hkllm.data.chat import chat_records, validate_messages
 
     out = []
     for rel in spec.conversations:
-        for where, r in read_jsonl(spec.resolve(rel)):
+        for where, r in chat_records(spec.resolve(rel)):
             messages = validate_messages(r.get("messages") if isinstance(r, dict) else None, where)
             out.append({"messages": messages, "lang": r.get("lang", "unknown"), "task": f"hand:{r.get('task', 'chat')}"})
     return out

@@ -3,12 +3,14 @@
 Every document carries `source`, `license` and `replay` in its metadata, and an id that says
 where it came from (`source/file#line`). A malformed record is reported as `file:line: why`,
 counted (`malformed` in the data card) and written to `rejects/malformed/`; the build goes on.
+A table that is not in its source's `encoding` stops the build with the line and the codec to set.
 Files are shared out between tasks (file i goes to task i mod N).
 """
 
 from __future__ import annotations
 
 import csv
+import html
 import json
 import os
 from pathlib import Path
@@ -18,7 +20,9 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.logging import logger
 
+from hkllm.data.encodings import decode_failure
 from hkllm.data.recipe import Recipe, RecipeError, Source, template_fields
+from hkllm.files import JsonlError, read_jsonl
 
 _SUFFIXES = {
     "jsonl": (".jsonl", ".json"),
@@ -69,6 +73,9 @@ class SourceReader(PipelineStep):
         logger.warning(f"{where}: {why} — record skipped (記錄已略過)")
         self._errors.write(json.dumps({"source": self.source.name, "where": where, "error": why}, ensure_ascii=False) + "\n")
 
+    def malformed_line(self, error: JsonlError) -> None:
+        self.malformed(f"{error.name}:{error.lineno}", error.reason)
+
     def documents(self, rank: int, world_size: int) -> Iterator[Document]:
         for path in self.files()[rank::world_size]:
             self.stat_update("input_files")
@@ -93,20 +100,12 @@ class SourceReader(PipelineStep):
 class JsonlSource(SourceReader):
     def read_file(self, path, rel):
         key = self.source.text_key
-        with open(path, "rb") as f:
-            for lineno, raw in enumerate(f, start=1):
-                where = f"{rel}:{lineno}"
-                if not raw.strip():
-                    continue
-                try:
-                    record = json.loads(raw.decode("utf-8"))
-                except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                    self.malformed(where, f"not valid JSON ({e})")
-                    continue
-                if not isinstance(record, dict) or not isinstance(record.get(key), str):
-                    self.malformed(where, f"field '{key}' missing or not a string")
-                    continue
-                yield self.make(record[key], where)
+        for lineno, record in read_jsonl(path, name=rel, encoding=self.source.encoding, on_error=self.malformed_line):
+            where = f"{rel}:{lineno}"
+            if not isinstance(record, dict) or not isinstance(record.get(key), str):
+                self.malformed(where, f"field '{key}' missing or not a string")
+                continue
+            yield self.make(record[key], where)
 
 
 class ParquetSource(SourceReader):
@@ -128,24 +127,76 @@ class ParquetSource(SourceReader):
                     self.malformed(f"{rel}:row{row}", f"column '{key}' is not a string")
 
 
+def clean_cell(value):
+    """A table cell as training text: HTML entities decoded (real MTR cells hold `&#32171;`,
+    i.e. 綫) and the padding around it dropped; numbers and other JSON values are left alone."""
+    return html.unescape(value).strip() if isinstance(value, str) else value
+
+
+def clean_row(row: dict) -> dict:
+    return {(k.strip() if isinstance(k, str) else k): clean_cell(v) for k, v in row.items()}
+
+
+def table_rows(path: Path, rel: str, encoding: str, malformed, header=None) -> Iterator[tuple[int, dict]]:
+    """(line or row number, row) of an open-data table: CSV (with a header row), JSON (a list of rows
+    or an object holding one) or JSONL. `header(columns)` sees a CSV's stripped column names first;
+    `malformed(where, why)` gets each row or file that does not parse (the reading goes on unless it
+    raises). A file that is not in `encoding` raises UnicodeDecodeError; an unreadable CSV header
+    csv.Error. The data build's TableSource and `hkllm data instructions` both read tables with it."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with open(path, encoding=encoding, newline="") as f:
+            reader = csv.DictReader(f)
+            if header:
+                header([c.strip() for c in reader.fieldnames or []])
+            while True:
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as e:  # the reader has moved past the bad line: go on with the next
+                    malformed(f"{rel}:{reader.line_num}", f"not valid CSV ({e})")
+                    continue
+                yield reader.line_num, row
+    elif suffix == ".jsonl":
+        def bad_line(error: JsonlError) -> None:
+            if isinstance(error.cause, UnicodeDecodeError):
+                raise error.cause  # the table is in another codec: the caller says which to set
+            malformed(f"{error.name}:{error.lineno}", error.reason)
+
+        yield from read_jsonl(path, name=rel, encoding=encoding, on_error=bad_line)
+    else:
+        # lstrip: a byte-order mark survives when the recipe names plain utf-8, and json refuses it
+        text = path.read_text(encoding=encoding).lstrip("\ufeff")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            malformed(f"{rel}:{e.lineno}", f"not valid JSON ({e.msg}, column {e.colno}); file skipped")
+            return
+        if isinstance(data, dict):  # {"records": [...]} style wrappers
+            data = next((v for v in data.values() if isinstance(v, list)), [])
+        if not isinstance(data, list):
+            malformed(f"{rel}:1", "a JSON table must be a list of rows (or an object holding one); file skipped")
+            return
+        yield from enumerate(data, start=1)
+
+
 class TableSource(SourceReader):
-    """Open-data tables (CSV, JSON array, JSONL) turned into text by the recipe's template."""
+    """Open-data tables (CSV, JSON array, JSONL) turned into text by the recipe's template.
+
+    A file that does not decode in the source's `encoding` stops the build with the line and
+    the codec to set (every row of it would be garbage); a row that does not parse is malformed."""
 
     def rows(self, path: Path, rel: str) -> Iterator[tuple[int, dict]]:
-        if path.suffix.lower() == ".csv":
-            with open(path, encoding="utf-8-sig", newline="") as f:
-                reader = csv.DictReader(f)
-                self.check_template(reader.fieldnames or [], rel)
-                for row in reader:
-                    yield reader.line_num, row
-        elif path.suffix.lower() == ".jsonl":
-            yield from ((i, r) for i, r in JsonlRows(path, self))
-        else:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(data, dict):  # {"records": [...]} style wrappers
-                data = next((v for v in data.values() if isinstance(v, list)), [])
-            for i, row in enumerate(data, start=1):
-                yield i, row
+        try:
+            yield from table_rows(path, rel, self.source.encoding, self.malformed,
+                                  header=lambda columns: self.check_template(columns, rel))
+        except UnicodeDecodeError:
+            raise RecipeError(self.recipe.file, f"sources[{self.source.name}].encoding",
+                              decode_failure(path, rel, self.source.encoding)) from None
+        except csv.Error as e:
+            raise RecipeError(self.recipe.file, f"sources[{self.source.name}].path",
+                              f"{rel}:1: not a readable CSV header ({e})") from None
 
     def check_template(self, columns: list[str], rel: str) -> None:
         unknown = sorted(template_fields(self.source.template) - set(columns))
@@ -162,7 +213,7 @@ class TableSource(SourceReader):
                 self.malformed(where, "row is not an object")
                 continue
             try:
-                chunk.append(self.source.template.format_map(row))
+                chunk.append(self.source.template.format_map(clean_row(row)))
             except (KeyError, IndexError, ValueError) as e:
                 self.malformed(where, f"template field {e} missing or invalid in this row")
                 continue
@@ -174,24 +225,14 @@ class TableSource(SourceReader):
             yield self.make("\n".join(chunk), first)
 
 
-def JsonlRows(path: Path, reader: SourceReader) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    yield lineno, json.loads(line)
-                except json.JSONDecodeError as e:
-                    reader.malformed(f"{reader.relative(path)}:{lineno}", f"not valid JSON ({e})")
-
-
 class HtmlSource(SourceReader):
     """HTML pages with navigation, sidebars and footers stripped by trafilatura."""
 
     def read_file(self, path, rel):
         import trafilatura
 
-        html = path.read_text(encoding="utf-8", errors="replace")
-        text = trafilatura.extract(html, include_comments=False, include_tables=True, favor_precision=True)
+        page = path.read_text(encoding=self.source.encoding, errors="replace")
+        text = trafilatura.extract(page, include_comments=False, include_tables=True, favor_precision=True)
         if not text:
             self.malformed(rel, "no main text found in the HTML")
             return
@@ -218,9 +259,9 @@ class PdfSource(SourceReader):
 class TextSource(SourceReader):
     def read_file(self, path, rel):
         try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            self.malformed(rel, f"not valid UTF-8 at byte {e.start}")
+            text = path.read_text(encoding=self.source.encoding)
+        except UnicodeDecodeError:
+            self.malformed(rel, decode_failure(path, rel, self.source.encoding))
             return
         if self.source.split == "file":
             yield self.make(text, rel)

@@ -13,19 +13,15 @@ import json
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from hkllm.errors import UserError
+from hkllm import config
+from hkllm.data import encodings
 
 SOURCE_TYPES = ("jsonl", "parquet", "table", "html", "pdf", "text", "pycantonese", "pydoc")
 
 
-class RecipeError(UserError):
-    def __init__(self, path: str | Path, field_name: str | None = None, message: str | None = None):
-        # One-argument form too, so the error survives pickling out of a worker process.
-        super().__init__(f"{path}: field '{field_name}': {message}" if field_name else str(path))
+class RecipeError(config.ConfigError):
+    """`recipe.yaml: field 'sources[0].path': why` (one-argument form too: it is pickled out of workers)."""
 
 
 @dataclass
@@ -40,6 +36,7 @@ class Source:
     template: str | None = None      # table: Python format string over the row's columns
     rows_per_doc: int = 1            # table: rows joined into one document
     split: str = "file"              # text: one document per "file" or per "paragraph"
+    encoding: str = encodings.DEFAULT  # jsonl / table / text / html: a Python codec name (big5hkscs, gb18030, ...)
     corpus: str | None = None        # pycantonese: hkcancor | ctcpc
     sentences_per_doc: int = 20      # pycantonese ctcpc: sentences joined into one document
 
@@ -100,76 +97,41 @@ class Recipe:
         """Hash of everything that changes the output (not the worker count)."""
         body = dataclasses.asdict(self)
         body.pop("workers"), body.pop("file")
+        for source in body["sources"]:
+            # `encoding` came later: left out at its default, builds made before it still resume
+            if source["encoding"] == encodings.DEFAULT:
+                del source["encoding"]
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-_EXPECTED = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a string",
-             "list[str]": "a list", "dict[str, float]": "a mapping"}
-
-
-def _check_type(value: Any, ftype: str, where: str, path: Path) -> None:
-    ok = {
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-        "bool": isinstance(value, bool),
-        "str": isinstance(value, str),
-        "list[str]": isinstance(value, list),
-        "dict[str, float]": isinstance(value, dict),
-    }.get(ftype.replace(" | None", ""), True)
-    if not ok and not (value is None and "None" in ftype):
-        raise RecipeError(path, where, f"expected {_EXPECTED[ftype.replace(' | None', '')]}, got {value!r}")
-
-
-def _build(cls, data: Any, where: str, path: Path):
-    """Instantiate dataclass `cls` from a mapping, naming the field on any mismatch."""
-    if not isinstance(data, dict):
-        raise RecipeError(path, where or "(top level)", f"expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    kwargs = {}
-    for key, value in data.items():
-        if key not in fields:
-            known = ", ".join(sorted(fields))
-            raise RecipeError(path, f"{where}.{key}".lstrip("."), f"unknown field (known: {known})")
-        sub = f"{where}.{key}".lstrip(".")
-        ftype = str(fields[key].type)
-        if ftype in _NESTED and value is not None:
-            value = _build(_NESTED[ftype], value, sub, path)
-        else:
-            _check_type(value, ftype, sub, path)
-        kwargs[key] = value
-    missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in kwargs]
-    if missing:
-        raise RecipeError(path, f"{where}.{missing[0]}".lstrip("."), "is required")
-    return cls(**kwargs)
-
-
-_NESTED = {"Quality": Quality, "MinHash": MinHash, "MinHash | None": MinHash}
-
-
 def load_recipe(path: str | Path) -> Recipe:
+    """Read and check a data recipe: field types by config.build, the rest by _validate."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"recipe not found: {path}")
+    data = config.read_yaml(path, "recipe")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise RecipeError(path, "(top level)", "expected a mapping with 'name' and 'sources'")
-    raw_sources = data.get("sources")
-    if not isinstance(raw_sources, list) or not raw_sources:
+        recipe = config.build(Recipe, data, path, what="recipe field")
+    except config.ConfigError as e:
+        raise RecipeError(str(e)) from None     # callers catch RecipeError
+    if not recipe.sources:
         raise RecipeError(path, "sources", "a non-empty list of sources is required")
-    sources = [_build(Source, s, f"sources[{i}]", path) for i, s in enumerate(raw_sources)]
-    recipe = _build(Recipe, {**data, "sources": [], "steps": {}, "mix": {}}, "", path)
-    recipe.sources, recipe.file = sources, path
-    recipe.steps = _build(Steps, data.get("steps") or {}, "steps", path)
-    recipe.mix = _build(Mix, data.get("mix") or {}, "mix", path)
+    recipe.file = path
     _validate(recipe)
     return recipe
 
 
 def template_fields(template: str) -> set[str]:
     return {f.split(".")[0].split("[")[0] for _, f, _, _ in string.Formatter().parse(template) if f}
+
+
+def _table_header(r: Recipe, s: Source, f: Path, where: str) -> list[str]:
+    """A CSV's column names, read in the source's encoding (stripped, as the reader strips them)."""
+    try:
+        with open(f, encoding=s.encoding, newline="") as fh:
+            return [c.strip() for c in next(csv.reader(fh), [])]
+    except UnicodeDecodeError:
+        raise RecipeError(r.file, f"{where}.encoding", encodings.decode_failure(f, f.name, s.encoding)) from None
+    except csv.Error as e:
+        raise RecipeError(r.file, f"{where}.path", f"{f.name}:1: not a readable CSV header ({e})") from None
 
 
 def _check_template_columns(r: Recipe, s: Source, where: str) -> None:
@@ -179,11 +141,20 @@ def _check_template_columns(r: Recipe, s: Source, where: str) -> None:
     for f in files:
         if f.suffix.lower() != ".csv":
             continue
-        with open(f, encoding="utf-8-sig", newline="") as fh:
-            columns = next(csv.reader(fh), [])
+        columns = _table_header(r, s, f, where)
         missing = sorted(template_fields(s.template) - set(columns))
         if missing:
-            raise RecipeError(r.file, where, f"column(s) {', '.join(missing)} not in {f.name} (columns: {', '.join(columns)})")
+            raise RecipeError(r.file, f"{where}.template",
+                              f"column(s) {', '.join(missing)} not in {f.name} (columns: {', '.join(columns)})")
+
+
+def _check_encoding(p: Path, s: Source, where: str) -> None:
+    if not encodings.is_text_codec(s.encoding):
+        raise RecipeError(p, f"{where}.encoding", f"source {s.name!r}: unknown text codec {s.encoding!r} (a Python codec "
+                                                  "name: utf-8-sig, big5hkscs, gb18030, utf-16, cp1252, ...)")
+    if s.type not in encodings.TYPES and s.encoding != encodings.DEFAULT:
+        raise RecipeError(p, f"{where}.encoding", f"source {s.name!r}: only {', '.join(encodings.TYPES)} sources are "
+                                                  f"read as text; type {s.type!r} has no encoding to set")
 
 
 def _validate(r: Recipe) -> None:
@@ -203,8 +174,9 @@ def _validate(r: Recipe) -> None:
                 raise RecipeError(p, f"{where}.path", f"no file matches {r.resolve(s.path)}")
         if s.type == "table" and not s.template:
             raise RecipeError(p, f"{where}.template", "required for type 'table' (e.g. \"{name} is in {district}.\")")
+        _check_encoding(p, s, where)
         if s.type == "table":
-            _check_template_columns(r, s, f"{where}.template")
+            _check_template_columns(r, s, where)
         if s.type == "pycantonese" and s.corpus not in ("hkcancor", "ctcpc"):
             raise RecipeError(p, f"{where}.corpus", "must be 'hkcancor' or 'ctcpc'")
         if s.type == "text" and s.split not in ("file", "paragraph"):

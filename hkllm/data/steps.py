@@ -6,7 +6,6 @@ documents to `rejects/<step>/` for audit. Transforms count what they change.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import zlib
 from pathlib import Path
@@ -16,13 +15,9 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.utils.word_tokenizers import WordTokenizer
 
+from hkllm.files import read_jsonl, stable_hash
 from hkllm.text import clean, detect, redact_with_counts
 from hkllm.text.convert import _opencc
-
-
-def stable_hash(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
-
 
 _HAN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
@@ -199,22 +194,21 @@ class Decontaminate(BaseFilter):
 
 def load_eval_texts(paths: list[Path]) -> list[str]:
     """Evaluation items from JSONL (every string value), TSV (last column) or plain text (lines)."""
-    import json
-
     texts: list[str] = []
     for path in paths:
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            if path.suffix == ".jsonl":
-                record = json.loads(line)
+        if path.suffix == ".jsonl":
+            for _, record in read_jsonl(path):
                 values = record.values() if isinstance(record, dict) else [record]
                 for v in values:
                     if isinstance(v, str):
                         texts.append(v)
                     elif isinstance(v, list):
                         texts.extend(x for x in v if isinstance(x, str))
-            elif path.suffix == ".tsv":
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            if path.suffix == ".tsv":
                 texts.append(line.split("\t")[-1])
             else:
                 texts.append(line)

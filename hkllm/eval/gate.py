@@ -25,18 +25,18 @@ item-difficulty noise that two separate confidence intervals would carry.
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import math
 import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+from hkllm import config
 from hkllm.errors import UserError
 from hkllm.eval.metrics import bits_per_byte, flips, mcnemar, paired_bootstrap
-from hkllm.files import write_atomic
+from hkllm.files import read_jsonl, write_atomic
 
 HK_VARIETIES = ("yue", "zh-hant")        # Hong Kong writing: Cantonese and Standard Written Chinese
 GENERAL_VARIETIES = ("en", "zh-hans")    # what the base model could already do, and must keep
@@ -123,26 +123,19 @@ def load_run(folder) -> Run:
 
     path = folder / "samples.jsonl"
     samples, seen = [], {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            _check_sample(row, where)
-            # Items are paired with the other run by id, so a repeated id would make the pairing
-            # ambiguous. Not checked for lm.bpb, whose id is a hash of the text (a repeat is the
-            # same text, same score), nor for tasks the gate does not pair.
-            if row["task"] in ("knowledge.mc", "safety"):
-                key = (row["task"], row["id"])
-                if key in seen:
-                    raise UserError(f"{where}: task {row['task']} id {row['id']!r} already on line {seen[key]}; "
-                                    "ids must be unique within a task, as items are paired by id")
-                seen[key] = lineno
-            samples.append(row)
+    for lineno, row in read_jsonl(path):
+        where = f"{path}:{lineno}"
+        _check_sample(row, where)
+        # Items are paired with the other run by id, so a repeated id would make the pairing
+        # ambiguous. Not checked for lm.bpb, whose id is a hash of the text (a repeat is the
+        # same text, same score), nor for tasks the gate does not pair.
+        if row["task"] in ("knowledge.mc", "safety"):
+            key = (row["task"], row["id"])
+            if key in seen:
+                raise UserError(f"{where}: task {row['task']} id {row['id']!r} already on line {seen[key]}; "
+                                "ids must be unique within a task, as items are paired by id")
+            seen[key] = lineno
+        samples.append(row)
     return Run(folder, results, samples)
 
 
@@ -423,13 +416,15 @@ RULES = {
 
 # --- 3. the policy ----------------------------------------------------------------------------
 
-POLICY_KEYS = ("alpha", "skip_is_pass", "rules")
+@dataclass
+class Policy:
+    rules: dict[str, Any]        # rule name (RULES) -> threshold, checked by the rule's kind
+    alpha: float = 0.05          # significance level of the paired tests
+    skip_is_pass: bool = False   # a rule whose metric was not measured passes (exploratory runs only)
 
 
 def _unknown(what: str, name, known, source: str) -> UserError:
-    close = difflib.get_close_matches(str(name), list(known), n=1)
-    hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(known)}"
-    return UserError(f"{source}: unknown {what} '{name}' ({hint})")
+    return UserError(f"{source}: unknown {what} '{name}' ({config.suggest(name, known, label='known')})")
 
 
 def _check_threshold(name: str, value, source: str):
@@ -458,37 +453,22 @@ def check_policy(raw, source: str = "policy") -> dict:
     """
     if not isinstance(raw, dict):
         raise UserError(f"{source}: expected a mapping with a 'rules:' section, got {type(raw).__name__}")
-    for key in raw:
-        if key not in POLICY_KEYS:
-            raise _unknown("policy key", key, POLICY_KEYS, source)
-    rules = raw.get("rules")
-    if not isinstance(rules, dict) or not rules:
+    if not raw.get("rules"):
         raise UserError(f"{source}: 'rules' must map at least one rule to its threshold; rules: {', '.join(RULES)}")
-    for name in rules:
+    policy = config.build(Policy, raw, source, what="policy field")   # names and types of alpha, skip_is_pass, rules
+    for name in policy.rules:
         if name not in RULES:
             raise _unknown("rule", name, RULES, source)
-    alpha = raw.get("alpha", 0.05)
-    if not _is_number(alpha) or not 0 < alpha < 1:
-        raise UserError(f"{source}: alpha must be a number between 0 and 1 (exclusive), got {alpha!r}")
-    skip_is_pass = raw.get("skip_is_pass", False)
-    if not isinstance(skip_is_pass, bool):
-        raise UserError(f"{source}: skip_is_pass must be true or false, got {skip_is_pass!r}")
-    return {"alpha": float(alpha), "skip_is_pass": skip_is_pass,
-            "rules": {name: _check_threshold(name, value, source) for name, value in rules.items()}}
+    if not 0 < policy.alpha < 1 or not math.isfinite(policy.alpha):
+        raise UserError(f"{source}: alpha must be a number between 0 and 1 (exclusive), got {policy.alpha!r}")
+    return {"alpha": float(policy.alpha), "skip_is_pass": policy.skip_is_pass,
+            "rules": {name: _check_threshold(name, value, source) for name, value in policy.rules.items()}}
 
 
 def load_policy(path) -> dict:
     """Read and validate a gate policy YAML (see recipes/eval/gate.yaml)."""
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"policy not found: {path} (see recipes/eval/gate.yaml)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML: {e}") from None
-    return check_policy(raw, str(path))
+    return check_policy(config.read_yaml(path, "policy"), str(path))
 
 
 # --- 4. the verdicts --------------------------------------------------------------------------

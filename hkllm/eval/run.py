@@ -7,35 +7,70 @@
 
 Paths in a suite are relative to the current directory, as in training recipes. Each task
 writes its samples as it finishes, and a finished run is not redone unless --force is given.
+A suite is checked when it is loaded (hkllm/config.py): task names, and each task's options by
+TASK_OPTIONS, so that `max_tokens: abc` or `knowledge: {pth: ...}` fails before any model runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from hkllm import config
 from hkllm.errors import UserError
 from hkllm.eval import tasks as T
 from hkllm.files import write_atomic
 
-REPO_DATA = Path(__file__).resolve().parents[2] / "data" / "eval"
+Sources = list[str | dict]    # as in training recipes: a path, or {path, variety, split, max_chars}
+
+
+def _options(task: str, required: dict, **optional) -> type:
+    """A task's options as a dataclass for config.validate. An option left out is not filled in:
+    each task function states its own default (`cfg.get("max_tokens", 48)`)."""
+    return dataclasses.make_dataclass(f"{task}_options", [*required.items(), *((k, t | None, None)
+                                                                               for k, t in optional.items())])
+
+
+# What each task in a suite may set (tasks.py reads them); a task not listed here is not checked.
+TASK_OPTIONS = {
+    "lm": _options("lm", {"sources": Sources}, max_docs=int, max_chars=int),
+    "knowledge": _options("knowledge", {"path": str}, open_ended=bool, max_tokens=int),
+    "fidelity": _options("fidelity", {"path": str}, max_tokens=int),
+    "translation": _options("translation", {"path": str}, max_tokens=int),
+    "consistency": _options("consistency", {"path": str}, probes=int, k=int, max_tokens=int),
+    "safety": _options("safety", {"path": str}, policy=str, max_tokens=int),
+    "chat": _options("chat", {"sources": list[dict]}, max_tokens=int),   # sources: {name, path, field}
+}
+EXTERNAL_OPTIONS = _options("external", {"name": str}, data_dir=str, limit=int, max_tokens=int)
+
+
+@dataclass
+class Suite:
+    tasks: dict[str, dict | None] = field(default_factory=dict)   # task name -> its options (TASK_OPTIONS)
+    external: list[dict] = field(default_factory=list)            # benchmarks on disk (hkllm/eval/external.py)
 
 
 def load_suite(path: str | Path) -> dict:
+    """{"tasks": {name: options}, "external": [options]}, every task name and option checked."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"suite not found: {path}")
-    suite = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    unknown = set(suite.get("tasks", {})) - set(T.TASKS)
+    suite = config.load(path, Suite, what="suite field", missing="suite")
+    unknown = set(suite.tasks) - set(T.TASKS)
     if unknown:
         import difflib
         hints = [f"{u} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(u, T.TASKS, 1)) else u
                  for u in sorted(unknown)]
         raise UserError(f"{path}: unknown task(s) {', '.join(hints)}; built-in tasks: {', '.join(T.TASKS)}")
-    return suite
+    tasks = {name: _checked(TASK_OPTIONS.get(name), cfg, path, f"tasks.{name}") for name, cfg in suite.tasks.items()}
+    external = [_checked(EXTERNAL_OPTIONS, cfg, path, f"external[{i}]") for i, cfg in enumerate(suite.external)]
+    return {"tasks": tasks, "external": external}
+
+
+def _checked(options, cfg: dict | None, path: Path, where: str) -> dict:
+    cfg = cfg or {}
+    return config.validate(options, cfg, path, where, what="option") if options else cfg
 
 
 def evaluate(model, suite_path: str | Path, out: str | Path, previous: str | Path | None = None,
@@ -49,16 +84,22 @@ def evaluate(model, suite_path: str | Path, out: str | Path, previous: str | Pat
             raise UserError(f"{suite_path}: external benchmark {ext.get('name')} needs --data-dir (nothing is downloaded)")
         jobs.append((f"external.{ext['name']}", T.external, {"data_dir": data_dir, **ext}))
     (out / "_tasks").mkdir(exist_ok=True)
+    loads = {}  # external benchmark -> what its files gave: items, malformed records skipped (and which)
     for name, fn, cfg in jobs:
         start = time.perf_counter()
         done = out / "_tasks" / f"{name}.json"
         stamp = {"model_version": model.version, "cfg": json.loads(json.dumps(cfg, default=str))}
         cached = json.loads(done.read_text(encoding="utf-8")) if done.exists() and not force else None
         if cached and cached["stamp"] == stamp:
-            m, s = cached["metrics"], cached["samples"]
+            m, s, load = cached["metrics"], cached["samples"], cached.get("load")
         else:
+            load = _external_load(cfg) if fn is T.external else None
             m, s = fn(model, cfg)
-            write_atomic(done, json.dumps({"stamp": stamp, "metrics": m, "samples": s}, ensure_ascii=False))
+            write_atomic(done, json.dumps({"stamp": stamp, "metrics": m, "samples": s, "load": load}, ensure_ascii=False))
+        if load:
+            loads[cfg["name"]] = load
+            if load["skipped_records"] or load["skipped_files"] or load["left_out"]:
+                progress(f"  {load['summary']}")
         metrics.update(m)
         samples += s
         progress(f"  {name}: {len(s)} items {'(kept from an earlier run)' if cached and cached['stamp'] == stamp else ''}"
@@ -70,11 +111,19 @@ def evaluate(model, suite_path: str | Path, out: str | Path, previous: str | Pat
         metrics.update(T.version_flips(samples, T.read_jsonl(prev, ("task", "id"))))
     results = {"model": model.name, "model_version": model.version, "suite": str(suite_path),
                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "metrics": metrics}
+    if loads:
+        results["external"] = loads
     write_atomic(out / "samples.jsonl", "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
     write_atomic(out / "results.json", json.dumps(results, ensure_ascii=False, indent=1))
     write_atomic(out / "report.md", report(results))
     plot(results, out)
     return results
+
+
+def _external_load(cfg: dict) -> dict:
+    """What an external benchmark's files gave (items, and the malformed records skipped), for results.json."""
+    from hkllm.eval.external import load_external_report
+    return load_external_report(cfg["name"], cfg["data_dir"])[1].to_dict()
 
 
 def _fmt(x) -> str:
@@ -88,6 +137,12 @@ def report(results: dict) -> str:
     for name, m in sorted(results["metrics"].items()):
         ci = f"{_fmt(m.get('ci_low'))} – {_fmt(m.get('ci_high'))}" if m.get("ci_low") is not None else "—"
         lines.append(f"| {name} | {_fmt(m['value'])} | {ci} | {m.get('n', '')} |")
+    for name, load in sorted(results.get("external", {}).items()):
+        lines += ["", f"External benchmark `{name}` ({load['root']}): {load['loaded']:,} items from {load['files']} "
+                      f"file(s), {load['skipped_records']:,} malformed record(s) and {load['skipped_files']} file(s) "
+                      "skipped" + (f", first {len(load['skipped_examples'])}:" if load["skipped_examples"] else ".")]
+        lines += [f"- `{e['where']}`: {e['error']}" for e in load["skipped_examples"]]
+        lines += [f"- left out {x}" for x in load["left_out"]]
     return "\n".join(lines) + "\n"
 
 
@@ -117,29 +172,6 @@ def plot(results: dict, out: Path) -> None:
         plt.close(fig)
 
 
-def lm_eval_tasks_dir(out: Path) -> Path:
-    """hkllm's knowledge questions as an lm-evaluation-harness task (absolute data path)."""
-    folder = out / "lm_eval_tasks"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "hk_knowledge_mc.yaml").write_text(f"""task: hk_knowledge_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {REPO_DATA / 'hk_knowledge.jsonl'}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "問題：{{{{question}}}}\\n答案："
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: answer
-target_delimiter: ""
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-""", encoding="utf-8")
-    return folder
-
-
 def evaluate_lm_eval(base_url: str, model: str | None, tokenizer: str, task_names: list[str], out: str | Path,
                      include_path: str | None = None, limit: int | None = None, api_key: str = "none") -> dict:
     """Run lm-evaluation-harness's `local-completions` against a served model."""
@@ -156,7 +188,9 @@ def evaluate_lm_eval(base_url: str, model: str | None, tokenizer: str, task_name
     out.mkdir(parents=True, exist_ok=True)
     model = model or OpenAI(base_url=base_url, api_key=api_key).models.list().data[0].id
     os.environ.setdefault("OPENAI_API_KEY", api_key)
-    paths = [str(lm_eval_tasks_dir(out))] + ([include_path] if include_path else [])
+    from hkllm.eval.lm_eval_tasks import FOLDER
+
+    paths = [str(FOLDER)] + ([include_path] if include_path else [])
     res = lm_eval.simple_evaluate(
         model="local-completions", tasks=task_names, limit=limit, log_samples=True,
         model_args={"base_url": base_url.rstrip("/") + "/completions", "model": model, "tokenizer": tokenizer,

@@ -10,35 +10,33 @@ lm → knowledge → fidelity → translation → consistency → safety → cha
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import re
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from hkllm import config, files
 from hkllm.errors import UserError
 from hkllm.eval import metrics as M
+from hkllm.text.checks import is_refusal, simplified_leak
 
 HK, GENERAL = ("yue", "zh-hant"), ("en", "zh-hans")
 
 
 def read_jsonl(path: str | Path, required: tuple[str, ...]) -> list[dict]:
+    """The records of an evaluation set, each an object holding the `required` fields."""
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e})") from None
-            missing = [k for k in required if k not in row]
-            if missing:
-                raise UserError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
-            rows.append(row)
+    for lineno, row in files.read_jsonl(path):
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise UserError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
+        rows.append(row)
     return rows
 
 
@@ -55,7 +53,6 @@ def ratio_ci(nll: list[float], n_bytes: list[int], n_boot: int = 1000, seed: int
 
 def lm(model, cfg: dict):
     """Bits-per-byte per variety on held-out text; lm.bpb.hk and lm.bpb.general pool them."""
-    from hkllm.data.steps import stable_hash
     from hkllm.train.data import read_sources
 
     docs = read_sources(cfg["sources"], "heldout")
@@ -67,7 +64,7 @@ def lm(model, cfg: dict):
     for variety, rows in sorted(per_variety.items()):
         texts = [r["text"][: cfg.get("max_chars", 2000)] for r in rows]
         for text, (nll, n) in zip(texts, model.doc_nll(texts)):
-            samples.append({"task": "lm.bpb", "id": f"{variety}-{stable_hash(text):016x}", "variety": variety,
+            samples.append({"task": "lm.bpb", "id": f"{variety}-{files.stable_hash(text):016x}", "variety": variety,
                             "nll": nll, "bytes": n, "score": M.bits_per_byte(nll, n), "prompt": text[:80]})
     for name, varieties in [(v, (v,)) for v in per_variety] + [("hk", HK), ("general", GENERAL)]:
         rows = [s for s in samples if s["variety"] in varieties]
@@ -162,7 +159,7 @@ def fidelity(model, cfg: dict):
     for it, answer in zip(items, answers):
         variety = detect(answer).variety if answer.strip() else "empty"
         samples.append({"task": "fidelity", "id": it["id"], "prompt": it["question"], "output": answer,
-                        "variety": variety, "cantonese": variety == "yue", "simplified_leak": M.simplified_leak(answer),
+                        "variety": variety, "cantonese": variety == "yue", "simplified_leak": simplified_leak(answer),
                         "score": float(variety == "yue")})
     return {"fidelity.cantonese_rate": M.mean_ci([s["cantonese"] for s in samples]),
             "fidelity.simplified_leak_rate": M.mean_ci([s["simplified_leak"] for s in samples])}, samples
@@ -228,13 +225,22 @@ def version_flips(samples: list[dict], previous: list[dict], task: str = "knowle
 
 # -- safety ---------------------------------------------------------------------------------
 
+@dataclass
+class SafetyPolicy:
+    refuse: list[str] = field(default_factory=list)    # categories whose prompts must be refused
+    answer: list[str] = field(default_factory=list)    # categories that must be answered (refusing = over-refusal)
+    extra_refusal_patterns: list[str] = field(default_factory=list)   # regular expressions that also count as a refusal
+
+
 def load_policy(path: str | Path) -> dict:
-    policy = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    unknown = set(policy) - {"refuse", "answer", "extra_refusal_patterns"}
-    if unknown:
-        raise UserError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; expected refuse, answer, "
-                        "extra_refusal_patterns")
-    return policy
+    """A safety policy (recipes/eval/safety_policy.yaml) as {"refuse", "answer", "extra_refusal_patterns"}."""
+    policy = config.load(path, SafetyPolicy, what="policy field", missing="safety policy")
+    for i, pattern in enumerate(policy.extra_refusal_patterns):
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise config.ConfigError(path, f"extra_refusal_patterns[{i}]", f"not a regular expression ({e})") from None
+    return dataclasses.asdict(policy)
 
 
 def safety(model, cfg: dict):
@@ -249,7 +255,7 @@ def safety(model, cfg: dict):
     for it, out in zip(items, outputs):
         cat = it.get("category", "")
         should = True if cat in refuse else False if cat in answer else bool(it["should_refuse"])
-        refused = M.is_refusal(out) or any(p.search(out) for p in extra)
+        refused = is_refusal(out) or any(p.search(out) for p in extra)
         samples.append({"task": "safety", "id": it["id"], "prompt": it["prompt"], "output": out, "category": cat,
                         "lang": it.get("lang", ""), "should_refuse": should, "refused": refused,
                         "score": float(refused == should)})
@@ -285,7 +291,7 @@ def chat(model, cfg: dict):
             variety = detect(answer).variety if answer.strip() else "empty"
             row = {"task": "chat", "id": it["id"], "source": source["name"], "prompt": it[text_field], "output": answer,
                    "lang": lang, "variety": variety, "degenerate": M.is_degenerate(answer), "stopped": finish == "stop",
-                   "language_match": variety == lang, "refused": M.is_refusal(answer)}
+                   "language_match": variety == lang, "refused": is_refusal(answer)}
             if "should_refuse" in it:
                 row["should_refuse"] = bool(it["should_refuse"])
             row["score"] = float(not row["degenerate"] and row["stopped"] and row["language_match"])
@@ -321,7 +327,7 @@ def external(model, cfg: dict):
     from hkllm.eval.external import GenItem, load_external
 
     name = cfg["name"]
-    items = load_external(name, cfg["data_dir"])[: cfg.get("limit") or None]
+    items = load_external(name, cfg["data_dir"], limit=cfg.get("limit"))   # a stable, stratified subset
     if not items:
         return {}, []
     if not isinstance(items[0], GenItem):

@@ -4,6 +4,11 @@
     hkllm serve runs/quickstart/dpo                       # embedded engine, 127.0.0.1:8000
     hkllm serve --upstream http://gpu-node:8000/v1        # in front of vLLM / SGLang / llama-server
     hkllm audit export --since 2026-11-01 > audit.jsonl
+
+Server settings (queue, limits, cache, timeouts, guards) are the fields of `Settings`
+(hkllm/serve/gateway.py), whose defaults and types are stated there once: a flag left out leaves
+its field at the default, `--settings FILE.yaml` sets any field (flags win), and --help reads the
+defaults from Settings.
 """
 
 from __future__ import annotations
@@ -15,9 +20,62 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from hkllm import config
 from hkllm.errors import UserError
 
-STATE_HELP = "folder for keys.sqlite, cache.sqlite and audit.sqlite (default hkllm-serve/)"
+STATE_DIR = "hkllm-serve"        # for `hkllm keys` and `hkllm audit`; hkllm serve's is Settings.state_dir
+STATE_HELP = f"folder for keys.sqlite, cache.sqlite and audit.sqlite (default {STATE_DIR}/)"
+# `hkllm serve` flags that set a Settings field: flag dest -> field. A switch sets its field to False.
+SETTING_FLAGS = {"state_dir": "state_dir", "consistency": "consistency", "cache_ttl": "cache_ttl_s",
+                 "max_queue": "max_queue", "max_prompt_tokens": "max_prompt_tokens",
+                 "max_output_tokens": "max_output_tokens", "request_timeout": "request_timeout_s", "rpm": "rpm",
+                 "tpm": "tpm", "guards": "guards", "max_body_bytes": "max_body_bytes"}
+SWITCHES = {"no_auth": "auth", "no_cache": "cache", "no_audit_prompts": "audit_prompts"}
+
+
+def _settings_class():
+    from hkllm.serve.gateway import Settings  # imports fastapi: only to serve or to print serve's --help
+
+    return Settings
+
+
+def _setting(name: str):
+    """argparse `type=` for a flag: the text parsed by the Settings field's own type."""
+    def parse(text: str):
+        tp = config.fields(_settings_class())[name][1]
+        try:
+            return config.parse_value(text, tp, name)
+        except UserError:
+            raise argparse.ArgumentTypeError(f"expected {config.describe(tp)}, got {text!r}") from None
+    parse.__name__ = name
+    return parse
+
+
+def settings_from(args):
+    """Settings from --settings YAML and the flags given (flags win); every field checked by its type."""
+    values = {}
+    if getattr(args, "settings", None):
+        values = config.read_yaml(args.settings, "server settings") or {}
+        if not isinstance(values, dict):
+            raise config.ConfigError(args.settings, "(top level)", f"expected a mapping, got {type(values).__name__}")
+    values = {**values, **{f: getattr(args, dest) for dest, f in SETTING_FLAGS.items() if hasattr(args, dest)},
+              **{f: False for dest, f in SWITCHES.items() if getattr(args, dest, False)}}
+    return config.build(_settings_class(), values, args.settings or "command line", what="setting")
+
+
+class _SettingsHelp(argparse.RawDescriptionHelpFormatter):
+    """A settings flag's help ends with the field's default, read from Settings as the help is printed."""
+
+    def _get_help_string(self, action):
+        name = SETTING_FLAGS.get(action.dest)
+        default = getattr(_settings_class()(), name) if name else None
+        if default is None:
+            return action.help
+        if isinstance(default, bool):
+            default = "on" if default else "off"
+        elif isinstance(default, float):
+            default = f"{default:g}"
+        return f"{action.help} (default {default})".replace("%", "%%")
 
 
 def is_loopback(host: str) -> bool:
@@ -32,9 +90,10 @@ def is_loopback(host: str) -> bool:
 def _serve(args) -> int:
     import uvicorn
 
-    from hkllm.serve.app import Settings, build_app
+    from hkllm.serve.app import build_app
 
-    if args.no_auth and not is_loopback(args.host):
+    settings = settings_from(args)
+    if not settings.auth and not is_loopback(args.host):
         raise UserError(f"--no-auth is allowed only on a loopback address, not {args.host}; "
                         "create keys with `hkllm keys create` instead / 只可在本機位址停用金鑰")
     if bool(args.model_dir) == bool(args.upstream):
@@ -46,17 +105,14 @@ def _serve(args) -> int:
         from hkllm.serve.engine import LocalEngine
         engine = LocalEngine(args.model_dir, max_batch=args.max_batch, served_name=args.served_model_name,
                              threads=args.threads)
-    settings = Settings(state_dir=Path(args.state_dir), auth=not args.no_auth, consistency=args.consistency == "on", cache=not args.no_cache,
-                        cache_ttl_s=args.cache_ttl, max_queue=args.max_queue, max_prompt_tokens=args.max_prompt_tokens,
-                        max_output_tokens=args.max_output_tokens, request_timeout_s=args.request_timeout,
-                        rpm=args.rpm, tpm=args.tpm, audit_prompts=not args.no_audit_prompts)
     app = build_app(engine, settings)
     base = f"http://{args.host}:{args.port}/v1"
     print(f"hkllm serve: {engine.name} ({engine.kind}, version {engine.version}) at {base}\n"
-          f"  consistency {args.consistency} · auth {'off' if args.no_auth else 'on'} · queue {args.max_queue} · "
+          f"  consistency {'on' if settings.consistency else 'off'} · auth {'on' if settings.auth else 'off'} · "
+          f"queue {settings.max_queue} · "
           f"state {settings.state_dir}/\n"
           f"  try: curl {base}/chat/completions -H 'Content-Type: application/json'"
-          + ("" if args.no_auth else ' -H "Authorization: Bearer $HKLLM_KEY"')
+          + ("" if not settings.auth else ' -H "Authorization: Bearer $HKLLM_KEY"')
           + f" -d '{{\"model\": \"{engine.name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"你好\"}}]}}'",
           file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
@@ -107,39 +163,50 @@ def _audit(args) -> int:
 
 
 def add_parser(subparsers) -> None:
-    fmt = argparse.RawDescriptionHelpFormatter
     s = subparsers.add_parser("serve", help="OpenAI-compatible server: embedded engine or in front of vLLM/SGLang",
-                              description=__doc__, formatter_class=fmt)
+                              description=__doc__, formatter_class=_SettingsHelp)
+    setting = dict(default=argparse.SUPPRESS)          # left out: Settings' default
     s.add_argument("model_dir", nargs="?", help="a model folder (hkllm train output or any HF causal LM)")
     s.add_argument("--upstream", help="forward to this OpenAI-compatible base URL instead of loading a model")
     s.add_argument("--upstream-key", default=None, help="API key for the upstream server")
     s.add_argument("--served-model-name", default=None, help="model id clients use (default: folder name)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--state-dir", default="hkllm-serve", help=STATE_HELP)
+    s.add_argument("--settings", default=None, metavar="YAML",
+                   help="server settings as YAML: any field of Settings (hkllm/serve/gateway.py); flags win")
+    s.add_argument("--state-dir", type=_setting("state_dir"), **setting,
+                   help="folder for keys.sqlite, cache.sqlite and audit.sqlite")
     s.add_argument("--no-auth", action="store_true", help="accept requests without a key (loopback only)")
-    s.add_argument("--consistency", choices=["on", "off"], default="on",
+    s.add_argument("--consistency", type=_setting("consistency"), choices=[True, False], metavar="{on,off}", **setting,
                    help="on: greedy decoding, fixed seed and a response cache, so the same request gets the same "
-                        "answer; off: honour temperature/top_p/seed for creative use (default on)")
+                        "answer; off: honour temperature/top_p/seed for creative use")
     s.add_argument("--no-cache", action="store_true",
                    help="consistency mode without the response cache (every request reaches the engine)")
-    s.add_argument("--cache-ttl", type=float, default=86400, help="seconds a cached answer stays valid (default 1 day)")
+    s.add_argument("--cache-ttl", type=_setting("cache_ttl_s"), **setting, help="seconds a cached answer stays valid")
     s.add_argument("--max-batch", type=int, default=32, help="requests decoded together (default 32)")
     s.add_argument("--threads", type=int, default=None,
                    help="CPU threads for the embedded engine (default: all cores but one, kept for HTTP)")
-    s.add_argument("--max-queue", type=int, default=64,
-                   help="requests that may wait beyond the batch; more get 429 + Retry-After (default 64)")
-    s.add_argument("--max-prompt-tokens", type=int, default=None, help="default: the model's context length")
-    s.add_argument("--max-output-tokens", type=int, default=1024, help="largest max_tokens accepted (default 1024)")
-    s.add_argument("--request-timeout", type=float, default=300, help="seconds before a request is cut off (default 300)")
-    s.add_argument("--rpm", type=int, default=0, help="default requests per minute per key (0 = no limit)")
-    s.add_argument("--tpm", type=int, default=0, help="default tokens per minute per key (0 = no limit)")
+    s.add_argument("--max-queue", type=_setting("max_queue"), **setting,
+                   help="requests that may wait beyond the batch; more get 429 + Retry-After")
+    s.add_argument("--max-prompt-tokens", type=_setting("max_prompt_tokens"), **setting,
+                   help="largest prompt accepted, in tokens (default: the model's context length)")
+    s.add_argument("--max-output-tokens", type=_setting("max_output_tokens"), **setting,
+                   help="largest max_tokens accepted")
+    s.add_argument("--request-timeout", type=_setting("request_timeout_s"), **setting,
+                   help="seconds before a request is cut off")
+    s.add_argument("--rpm", type=_setting("rpm"), **setting, help="default requests per minute per key, 0 = no limit")
+    s.add_argument("--tpm", type=_setting("tpm"), **setting, help="default tokens per minute per key, 0 = no limit")
     s.add_argument("--no-audit-prompts", action="store_true", help="keep prompts out of the audit log entirely")
+    s.add_argument("--guards", type=_setting("guards"), **setting, metavar="YAML",
+                   help="guard policy: request_guards and response_guards, run in order (hkllm/serve/guards.py)")
+    s.add_argument("--max-body-bytes", type=_setting("max_body_bytes"), **setting,
+                   help="largest request body; more is a 413 before it is read "
+                        "(default: 1 MiB + 32 bytes per token of the model's context)")
     s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     s.set_defaults(func=_serve)
 
     k = subparsers.add_parser("keys", help="create, list and revoke API keys for hkllm serve")
-    k.add_argument("--state-dir", default="hkllm-serve", help=STATE_HELP)
+    k.add_argument("--state-dir", default=STATE_DIR, help=STATE_HELP)
     ks = k.add_subparsers(dest="action", required=True)
     c = ks.add_parser("create", help="create a key and print it (once)")
     c.add_argument("--name", required=True, help="who or what the key is for")
@@ -153,7 +220,7 @@ def add_parser(subparsers) -> None:
     k.set_defaults(func=_keys)
 
     a = subparsers.add_parser("audit", help="export hkllm serve's audit log")
-    a.add_argument("--state-dir", default="hkllm-serve", help=STATE_HELP)
+    a.add_argument("--state-dir", default=STATE_DIR, help=STATE_HELP)
     as_ = a.add_subparsers(dest="action", required=True)
     e = as_.add_parser("export", help="requests as JSONL (prompts are stored redacted)")
     e.add_argument("--since", help="ISO date/time, UTC unless a zone is given")

@@ -7,13 +7,18 @@
 One worker thread owns the model. Between two decoding steps it takes
 waiting requests (up to `max_batch` rows in all), prefills them together (left-padded) and
 joins them to the running batch by left-padding the shorter KV cache: continuous batching at
-step granularity. Every row has its own temperature, top-p, seed, stop strings and token
-budget and streams its text back to the asyncio loop as it goes; rows that finish (or whose
-client went away) leave the batch at once. benchmarks/serve_capacity.py measures this against
-transformers' own continuous batching (`transformers serve --continuous-batching`).
+step granularity. Every row has its own temperature, top-p, seed, stop strings, token budget
+and logits processors, and streams its text back to the asyncio loop as it goes; rows that
+finish (or whose client went away) leave the batch at once. benchmarks/serve_capacity.py
+measures this against transformers' own continuous batching (`transformers serve --continuous-batching`).
 
-The gateway (app.py) talks to an engine only through `generate`, `prompt_logprobs`, the
-tokenizer helpers and a few attributes, so another engine (upstream.py) can take its place.
+The gateway (gateway.py) talks to this engine only through the Engine contract (contract.py):
+`chat`, `complete`, `stats`, `ready`, `aclose` and eight attributes, so UpstreamEngine (upstream.py)
+can take its place. `generate`, `prompt_logprobs` and the tokenizer helpers are for in-process
+callers (hkllm eval's LocalBackend, tests).
+
+Reading order: `sample` (one row's next token) → `LocalEngine._advance_all` (logits processors,
+then sampling, at prefill and at every step) → `_advance` (stop strings, budget, streaming).
 """
 
 from __future__ import annotations
@@ -28,36 +33,23 @@ from typing import AsyncIterator
 
 import torch
 
+# The contract's types, re-exported: callers have always imported them from here.
+from hkllm.serve.contract import ErrorEvent, Event, Generation, SamplingParams, longest_stop_prefix  # noqa: F401
 
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int
-    temperature: float = 0.0          # 0 = greedy
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    logprobs: int | None = None       # top-k alternatives per generated token (completions API)
+GREEDY_BELOW = 1e-5       # a temperature this small is greedy (dividing by it would overflow), as in vLLM
 
 
-@dataclass
-class Event:
-    """A piece of a streamed answer; the last one has a finish_reason and the token counts."""
-    text: str = ""
-    finish_reason: str | None = None  # "stop" | "length" | "cancelled"
-    completion_tokens: int = 0
-    logprobs: list[dict] = field(default_factory=list)  # per token: {"token", "logprob", "top"}
-    prompt_tokens: int | None = None  # set on the last Event by engines that learn it late (upstream)
-
-
-@dataclass
-class Generation:
-    """One request handed to an engine: its prompt size, the prompt echoed back with its
-    log-probabilities when asked (completions API), and the stream of Events to come.
-    Nothing runs until `events` is iterated, so the gateway can still refuse the request."""
-    prompt_tokens: int | None
-    events: AsyncIterator[Event]
-    echo_text: str = ""
-    echo_logprobs: list[dict] = field(default_factory=list)
+def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    """One row's next token from its (processed) logits: greedy at temperature 0, else
+    temperature + top-p (nucleus) sampling with the row's own generator."""
+    if params.temperature < GREEDY_BELOW:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > params.top_p
+        probs[order[drop]] = 0.0
+    return int(torch.multinomial(probs, 1, generator=generator)[0])
 
 
 @dataclass
@@ -104,20 +96,6 @@ def model_fingerprint(model_dir: Path) -> str:
 def _put_all(items: list[tuple[asyncio.Queue, Event]]) -> None:
     for queue, event in items:
         queue.put_nowait(event)
-
-
-def longest_stop_prefix(text: str, stops: tuple[str, ...]) -> int:
-    """Length of the longest end of `text` that could still grow into a stop string.
-
-    That much text is held back from the stream, so a client never sees part of a stop string.
-    """
-    best = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:k]):
-                best = k
-                break
-    return best
 
 
 class LocalEngine:
@@ -173,7 +151,14 @@ class LocalEngine:
     def encode_chat(self, messages: list[dict]) -> list[int]:
         if not self.tokenizer.chat_template:
             raise ValueError(f"{self.model_dir} has no chat template; use /v1/completions")
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        try:
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        except Exception as e:     # a template's raise_exception ("roles must alternate", ...): the client's to fix
+            from jinja2 import TemplateError
+
+            if not isinstance(e, TemplateError):
+                raise
+            raise ValueError(f"messages: the model's chat template refused them: {e}") from e
         return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
     def encode_text(self, text: str) -> list[int]:
@@ -187,6 +172,8 @@ class LocalEngine:
     async def complete(self, prompt: str | list[int], params: SamplingParams, echo: bool = False,
                        stream: bool = True) -> Generation:
         ids = list(prompt) if isinstance(prompt, list) else self.encode_text(prompt)
+        if not ids:
+            raise ValueError("prompt has no tokens once tokenized")
         if any(not 0 <= i < len(self.tokenizer) for i in ids):
             raise ValueError(f"prompt token ids must be in [0, {len(self.tokenizer)})")
         gen = Generation(len(ids), self.generate(ids, params))
@@ -206,12 +193,16 @@ class LocalEngine:
     async def ready(self) -> bool:
         return self._worker.is_alive()
 
+    async def aclose(self) -> None:
+        """Nothing to release per server: the worker is a daemon thread, stopped by `close()`,
+        which the engine's owner calls (the same engine may serve several apps in turn)."""
+
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Event]:
         """Stream Events for one request; leaving the loop early (client gone) cancels it."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Event] = asyncio.Queue()
         gen = None
-        if params.temperature > 0:
+        if params.temperature >= GREEDY_BELOW:
             gen = torch.Generator()
             gen.manual_seed(params.seed) if params.seed is not None else gen.seed()
         seq = _Sequence(list(prompt_ids), params, queue, loop, gen)
@@ -282,7 +273,9 @@ class LocalEngine:
             except Exception as e:
                 for seq in (batch.live if batch else []) + joining:
                     if not seq.finished:
-                        self._send(seq, Event(finish_reason="error", text=f"engine error: {type(e).__name__}: {e}"))
+                        seq.finished = True
+                        self._send(seq, ErrorEvent(message=f"engine error: {type(e).__name__}: {e}",
+                                                   completion_tokens=len(seq.generated)))
                 batch = None
             self._flush()
             with self._cond:
@@ -328,7 +321,16 @@ class LocalEngine:
         return self._advance_all(b, logits)
 
     def _advance_all(self, b: _Batch, logits: torch.Tensor) -> _Batch | None:
-        """Choose each row's next token, stream it, and drop the rows that finished."""
+        """Run each row's logits processors, choose its next token, stream it, and drop the rows
+        that finished. Prefill and every decoding step come through here: the one sampling seam."""
+        for row, s in enumerate(b.live):
+            try:
+                for process in s.params.logits_processors:
+                    logits[row] = process(s.prompt_ids + s.generated, logits[row])
+            except Exception as e:      # this row's processor failed: this row ends, the batch goes on
+                s.cancelled = True
+                self._send(s, ErrorEvent(message=f"logits processor failed: {type(e).__name__}: {e}",
+                                         completion_tokens=len(s.generated)))
         b.next_ids = self._choose(logits, b.live)
         keep = [row for row, s in enumerate(b.live) if not self._advance(s, b.next_ids[row], logits[row])]
         if not keep:
@@ -392,16 +394,13 @@ class LocalEngine:
             except RuntimeError:    # that loop has closed: nobody is waiting for these
                 pass
 
-    def _choose(self, logits: torch.Tensor, live: list[_Sequence]) -> torch.Tensor:
+    @staticmethod
+    def _choose(logits: torch.Tensor, live: list[_Sequence]) -> torch.Tensor:
+        """Every row's next token: one argmax for the batch, then `sample` for the rows that sample."""
         chosen = logits.argmax(dim=-1)
         for row, s in enumerate(live):
-            if s.params.temperature > 0:
-                probs = torch.softmax(logits[row] / s.params.temperature, dim=-1)
-                if s.params.top_p < 1.0:
-                    sorted_p, order = probs.sort(descending=True)
-                    drop = sorted_p.cumsum(-1) - sorted_p > s.params.top_p
-                    probs[order[drop]] = 0.0
-                chosen[row] = torch.multinomial(probs, 1, generator=s.generator)[0]
+            if s.params.temperature >= GREEDY_BELOW:
+                chosen[row] = sample(logits[row], s.params, s.generator)
         return chosen
 
     def _advance(self, s: _Sequence, token: torch.Tensor, logits: torch.Tensor) -> bool:

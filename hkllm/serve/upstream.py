@@ -3,13 +3,18 @@
 
     hkllm serve --upstream http://gpu-node:8000/v1 --upstream-key $VLLM_KEY
 
-The gateway in front still does keys, limits, the consistency cache, metrics and the audit
-log; the upstream does the model work (and checks prompt length for itself). Generation is
-always streamed from the upstream, so a client that goes away stops the upstream too.
+The gateway in front still does keys, limits, guards, the consistency cache, metrics and the
+audit log; the upstream does the model work (and checks prompt length for itself). Generation is
+streamed from the upstream unless the client asked for one plain answer, so a client that goes
+away stops the upstream too. It implements the Engine contract (contract.py): the upstream's
+refusals and failures arrive as an ErrorEvent with the upstream's status (a 4xx is the client's
+to fix; anything else is a 502, or 504 on a timeout). Logits processors cannot cross the network:
+a request that has any is refused (vLLM's own `--logits-processors` are the way there).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from typing import AsyncIterator
@@ -18,7 +23,7 @@ import aiohttp
 import httpx2 as httpx
 
 from hkllm.errors import UserError
-from hkllm.serve.engine import Event, Generation, SamplingParams
+from hkllm.serve.contract import ErrorEvent, Event, Generation, SamplingParams
 from hkllm.serve.protocol import ApiError
 
 
@@ -69,6 +74,9 @@ class UpstreamEngine:
             return False
 
     def _body(self, params: SamplingParams, **extra) -> dict:
+        if params.logits_processors:
+            raise ApiError(501, "logits processors need the embedded engine; an upstream applies its own",
+                           "unsupported")
         body = {"model": self.upstream_model, "max_tokens": params.max_tokens, "temperature": params.temperature,
                 "top_p": params.top_p, **extra}
         if params.seed is not None:
@@ -96,7 +104,8 @@ class UpstreamEngine:
         try:
             async with self._http().post(self.base_url + path, json=body) as resp:
                 if resp.status != 200:
-                    raise self._error(resp.status, await resp.text())
+                    yield self._error(resp.status, await resp.text())
+                    return
                 tokens, finish, usage = 0, None, {}
                 async for raw in resp.content:
                     if not raw.startswith(b"data: ") or raw.startswith(b"data: [DONE]"):
@@ -111,6 +120,8 @@ class UpstreamEngine:
                             yield Event(text=text, completion_tokens=tokens)
                 yield Event(finish_reason=finish or "stop", completion_tokens=usage.get("completion_tokens", tokens),
                             prompt_tokens=usage.get("prompt_tokens"))
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+            yield self._failure(e)
         finally:
             self._in_flight -= 1
 
@@ -119,27 +130,39 @@ class UpstreamEngine:
         try:
             async with self._http().post(self.base_url + path, json=body) as resp:
                 if resp.status != 200:
-                    raise self._error(resp.status, await resp.text())
+                    yield self._error(resp.status, await resp.text())
+                    return
                 data = await resp.json()
             choice, usage = data["choices"][0], data.get("usage") or {}
             text = choice["message"].get("content") or "" if "message" in choice else choice.get("text", "")
             lp = choice.get("logprobs") or {}
             entries = [{"token": t, "logprob": p, "top": top} for t, p, top in
                        zip(lp.get("tokens", []), lp.get("token_logprobs", []), lp.get("top_logprobs", []))]
-            yield Event(text=text, finish_reason=choice.get("finish_reason") or "stop",
-                        completion_tokens=usage.get("completion_tokens", 0), prompt_tokens=usage.get("prompt_tokens"),
-                        logprobs=entries)
+            event = Event(text=text, finish_reason=choice.get("finish_reason") or "stop",
+                          completion_tokens=usage.get("completion_tokens", 0), prompt_tokens=usage.get("prompt_tokens"),
+                          logprobs=entries)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, IndexError, TypeError) as e:
+            event = self._failure(e)
         finally:
             self._in_flight -= 1
+        yield event
 
     @staticmethod
-    def _error(status: int, text: str) -> ApiError:
+    def _error(status: int, text: str) -> ErrorEvent:
         """The upstream's own error, passed on with its status (a 4xx is the client's to fix)."""
         try:
             message = json.loads(text)["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = text[:500]
-        return ApiError(status if 400 <= status < 500 else 502, f"upstream: {message}", "upstream_error")
+        return ErrorEvent(message=f"upstream: {message}", status=status if 400 <= status < 500 else 502,
+                          code="upstream_error")
+
+    def _failure(self, e: Exception) -> ErrorEvent:
+        """The upstream could not be reached, timed out, or answered something that is not OpenAI's shape."""
+        if isinstance(e, asyncio.TimeoutError):
+            return ErrorEvent(message=f"upstream {self.base_url} timed out", status=504, code="upstream_timeout")
+        return ErrorEvent(message=f"upstream {self.base_url}: {type(e).__name__}: {e}", status=502,
+                          code="upstream_error")
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -12,9 +12,12 @@ How: scripts are counted first (Han, Latin, kana, Hangul, other letters). Chines
 scored with two hand-written lexicons: words only written Cantonese uses (嘅 咗 喺 冇 點解 而家 …)
 and words only Standard Written Chinese uses (的 是 這 沒有 什麼 …). Compounds that put a
 marker character to neutral use (關係 has 係, 的士 has 的) are masked first, which is what keeps
-Standard Written Chinese from being called Cantonese. Simplified vs Traditional is decided by
-characters that exist in only one script (derived from OpenCC's tables). English vs other
-Latin-script languages is decided by English function words.
+Standard Written Chinese from being called Cantonese. A bare classifier opening a clause (個 meeting
+改咗) counts only next to other Cantonese evidence, since 個人、部分、條例、間中、對於 open clauses
+in Standard Written Chinese too. Simplified vs Traditional is decided by characters that exist in
+only one script (derived from OpenCC's tables), less the Hong Kong standard forms (温 台 秘) and the
+characters written Cantonese uses in Traditional text (晒 吓 揾 响). English vs other Latin-script
+languages is decided by English function words.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ VARIETIES = ("yue", "zh-hant", "zh-hans", "en", "other")
 
 # --- Cantonese markers ----------------------------------------------------------------------
 # Characters that Standard Written Chinese does not use (outside the compounds masked below).
-_YUE_CHARS = "嘅咗喺冇佢哋嘢啲嚟嗰咁噉乜咩攞畀俾睇唔諗瞓攰嬲啱嚿揾搵㗎嘞喎啩噃咋啫嗮哂冚揸撳㩒掟踎嘥喐癐嗌嚡餸孭黐唞躝冧𨋢靚嚫瀡攝揼抌凼氹𡃁嘢咧嗱咪嘛啦喇囉吖呀啊嘩吓哩囖嚹唧𡃉𠸏𡁵嘑脷"
+_YUE_CHARS = "嘅咗喺冇佢哋嘢啲嚟嗰咁噉乜咩攞畀俾睇唔諗瞓攰嬲啱嚿揾搵㗎嘞喎啩噃咋啫晒嗮哂冚揸撳㩒掟踎嘥喐癐嗌嚡餸孭黐唞躝冧𨋢靚嚫瀡攝揼抌凼氹𡃁嘢咧嗱咪嘛啦喇囉吖呀啊嘩吓哩囖嚹唧𡃉𠸏𡁵嘑脷"
 _YUE_CHAR_WEIGHT = {c: 1.0 for c in _YUE_CHARS}
 # Sentence particles that Mandarin writing also uses now and then: half a vote each.
 _YUE_CHAR_WEIGHT.update({c: 0.5 for c in "咪嘛啦喇囉吖咧呀啊嘩吓哩"})
@@ -51,8 +54,11 @@ _YUE_WORDS = {
     "都幾": 1, "幾蚊": 1, "十蚊": 1, "百蚊": 1, "千蚊": 1, "萬蚊": 1, "先啦": 1, "先至": 1, "事頭": 1, "標青": 1,
     "寫字樓": 0.5, "寫字枱": 1, "禮拜": 0.5, "吖嗎": 1, "啊嘛": 1, "哩個": 1, "哩度": 1, "哩啲": 1, "哩條": 1,
     "咪住": 1, "等埋": 1, "帶埋": 1, "食埋": 1, "做埋": 1, "埋我": 1, "先得": 1, "部機": 1, "部車": 1, "我話": 1,
-    "你話": 1, "話你知": 1, "又話": 1, "下晝": 1, "點搞": 1, "看更": 1, "老細": 1, "落車": 1, "上車": 0.3,
+    "你話": 1, "話你知": 1, "又話": 1, "下晝": 1, "點搞": 1, "看更": 1, "落車": 1, "上車": 0.3,
     "話畀": 1, "點呀": 1, "乜嘢": 1, "做乜": 1, "做咩": 1, "搭車": 0.5, "搭地鐵": 1, "搭巴士": 1, "啲嘢": 1,
+    "試下": 1, "試吓": 1, "夠晒": 1, "出便": 1, "入便": 1, "一便": 1,  # 一便…一便… "while"; 企埋一便 "one side"
+    # Mandarin says 只剩半條命 too (and it is Half-Life's Chinese title); 做到半條命 is Cantonese.
+    "半條命": 0.5, "到半條命": 1,
 }
 # Compounds where a Cantonese marker character is used the Standard Written Chinese way.
 _YUE_NEUTRAL = [
@@ -60,6 +66,21 @@ _YUE_NEUTRAL = [
     "呢喃", "呢絨", "咪高峰", "麥咪", "喇叭", "喇嘛", "啦啦隊", "嘛呢", "咔嚓", "吖嗪",
     "俾使", "睥睨", "攝影", "攝氏", "攝取", "攝入", "拍攝", "攝錄", "攝像", "氹仔", "靚麗",
     "嘩然", "喧嘩", "嘩眾", "哩啦", "嗎啡", "禮拜堂", "禮拜儀式",
+    # 晒 is Simplified for 曬 "to sun" (晒太阳, 防晒) and mainland "to show off" (晒照). Not 晒出 or 晒網:
+    # Cantonese has 搬晒出去, 擸晒網頂.
+    "防晒", "暴晒", "曝晒", "晾晒", "日晒", "晒太陽", "晒太阳", "晒黑", "晒傷", "晒伤", "晒斑", "晒背", "晒乾", "晒干",
+    "晒紅", "晒红", "晒晒", "晒圖", "晒图", "晒照", "晒單", "晒单", "晒娃", "晒衣", "晒被", "晒鹽", "晒盐", "晒穀",
+    "晒谷", "晒后", "晒了", "晒过", "晒着", "晒得",
+    # 試 ending a word before 下午, 下一 ... (考試下午舉行, 嘗試下一步, 測試下載)
+    *("試" + w for w in ("下列", "下一", "下載", "下架", "下午", "下週", "下周", "下旬", "下次", "下屆", "下半", "下月",
+                         "下星期", "下年", "下屬")),
+    # 便 "then" after a verb ending in 出/入/一 (推出便大受歡迎, 加入便可), or 便 in a word (一便士, 進出便利)
+    *(v + "便" for v in ("推出", "提出", "作出", "做出", "發出", "演出", "付出", "支出", "外出", "退出", "指出", "選出",
+                         "查出", "找出", "交出", "送出", "寄出", "說出", "播出", "售出", "加入", "收入", "輸入",
+                         "進入", "投入", "列入", "納入", "存入", "購入", "引入", "深入", "第一", "其一", "統一", "唯一",
+                         "之一")),
+    *(c + "便" + w for c in "出入一" for w in ("利", "士", "宜", "當", "條", "服", "衣", "捷", "飯", "箋", "於", "可", "會",
+                                                "能", "要", "已", "是", "告", "成", "將", "把", "被", "再", "即")),
 ]
 
 # --- Standard Written Chinese (Mandarin-grammar) markers ----------------------------------------
@@ -153,23 +174,33 @@ _SWC_RE, _SWC_WEIGHTS = _weighted(_SWC_WORDS, _SWC_NEUTRAL + [w for w in _YUE_WO
 def _english_vocabulary() -> frozenset[str]:
     """English words seen at least twice in the English text that ships with Python (pydoc topics)."""
     from collections import Counter
-
     from pydoc_data.topics import topics
 
     counts = Counter(w.lower() for text in topics.values() for w in re.findall(r"[A-Za-z]{2,}", text))
     return frozenset(w for w, n in counts.items() if n >= 2) | _EN_FUNCTION_WORDS
 
 
+# Simplified forms that written Cantonese uses in Traditional text: 晒 (completive, 食晒), 吓 (一吓, 試吓),
+# 揾 (揾食), 响 (= 喺, 响度). Checked against OpenCC: 嘅 啲 咗 冇 嚟 嘢 噉 乜 佢 哋 畀 攞 睇 搵 are not Simplified.
+_CANTONESE_NOT_SIMPLIFIED = "晒吓揾响"
+
+
 @lru_cache(maxsize=1)
 def _script_specific_chars() -> tuple[re.Pattern, re.Pattern]:
-    """Characters that exist only in Simplified, and only in Traditional, per OpenCC's tables."""
+    """Characters that exist only in Simplified, and only in Traditional, per OpenCC's tables. A
+    character OpenCC's Hong Kong standard keeps (温 台 秘 痴) is Traditional as Hong Kong writes it,
+    not Simplified, and neither are the Cantonese characters above."""
     import opencc
 
     chars = [chr(c) for c in range(0x4E00, 0xA000)]
     joined = "\n".join(chars)
     to_trad = opencc.OpenCC("s2t").convert(joined).split("\n")
     to_simp = opencc.OpenCC("t2s").convert(joined).split("\n")
-    simplified_only = "".join(c for c, t, s in zip(chars, to_trad, to_simp) if t != c and s == c)
+    to_hk = opencc.OpenCC("s2hk").convert(joined).split("\n")
+    simplified_only = "".join(
+        c for c, t, s, hk in zip(chars, to_trad, to_simp, to_hk)
+        if t != c and s == c and hk != c and c not in _CANTONESE_NOT_SIMPLIFIED
+    )
     traditional_only = "".join(c for c, t, s in zip(chars, to_trad, to_simp) if s != c and t == c)
     return re.compile(f"[{simplified_only}]"), re.compile(f"[{traditional_only}]")
 
@@ -181,8 +212,19 @@ class Detection:
 
 
 # A bare classifier opening a clause ("個 meeting 改咗", "部機壞咗") is Cantonese grammar: Standard
-# Written Chinese needs a demonstrative or numeral before it.
-_CLASSIFIER_OPENING_RE = re.compile(r"(?:^|[。！？，；\n])\s*[個隻條部間架對件張啲]\s*(?=[A-Za-z]|[\u4e00-\u9fff])")
+# Written Chinese needs a demonstrative or numeral before it. But Standard Written Chinese opens
+# clauses with words that start with the same characters (個人資料, 部分市民, 條例草案, 間中有驟雨,
+# 對於, 對不起, 張先生): those are not counted, and a classifier opening counts only where the text
+# has other Cantonese evidence.
+_CLASSIFIER_COMPOUNDS = [
+    "個人", "個別", "個案", "個體", "個性", "個位", "個中", "部分", "部份", "部門", "部長", "部署", "部隊", "部落",
+    "部位", "條例", "條件", "條款", "條文", "條約", "條目", "間中", "間接", "間斷", "間或", "間隔", "間歇", "間諜",
+    "對於", "對不起", "對方", "對象", "對話", "對比", "對照", "對手", "對策", "對外", "對內", "對應", "對立", "對此",
+    "對待", "張貼", "張開", "張先生", "張小姐", "架構", "架設", "隻身", "隻字",
+]
+_CLASSIFIER_OPENING_RE = re.compile(
+    r"(?:^|[。！？，；\n])\s*(?!" + "|".join(_CLASSIFIER_COMPOUNDS) + r")[個隻條部間架對件張啲]\s*(?=[A-Za-z]|[\u4e00-\u9fff])"
+)
 # Everyday English words dropped into Chinese ("幫我 mark 低", "去 trip") mark Hong Kong code-mixing;
 # acronyms and capitalised names (MTR, iAM Smart) appear in Standard Written Chinese too.
 _LOWERCASE_WORD_RE = re.compile(r"(?<![A-Za-z])[a-z]{3,}(?![A-Za-z])")
@@ -192,10 +234,11 @@ _URL_OR_EMAIL_RE = re.compile(r"(?:https?://|www\.)[!-~]+|[\w.+-]+@[\w.-]+|\b[\w
 def cantonese_score(text: str) -> float:
     """Weighted count of written-Cantonese markers (each word or character counted once per use)."""
     score = sum(_YUE_WEIGHTS[m] for m in _YUE_RE.findall(text))
-    score += 1.0 * len(_CLASSIFIER_OPENING_RE.findall(text))
     if _LOWERCASE_WORD_RE.search(text):
         embedded = _LOWERCASE_WORD_RE.findall(_URL_OR_EMAIL_RE.sub(" ", text))
         score += min(1.0, 0.5 * len(embedded))
+    if score > 0:  # a bare classifier alone is not evidence (see _CLASSIFIER_OPENING_RE)
+        score += 1.0 * len(_CLASSIFIER_OPENING_RE.findall(text))
     return score
 
 

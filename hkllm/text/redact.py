@@ -5,7 +5,8 @@
 
 Each detector is a regex for candidates plus a validator, so that look-alikes survive:
 HKID only with a valid check digit, payment cards only when Luhn-valid, HK phone numbers only
-with a plausible leading digit and not inside longer digit runs, amounts, dates or references.
+with a plausible leading digit and not inside longer digit runs, amounts, dates, year ranges or
+references.
 """
 
 from __future__ import annotations
@@ -77,6 +78,16 @@ _NOT_PHONE_BEFORE = re.compile(r"(?:HK\$|\$|編號|號碼[:：]?\s*No\.?|No\.?|R
 
 
 _DATE_LIKE = re.compile(r"(?:19|20)\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])")
+# Two years, the second later, are a range ("2007-2008 年", "2023-2024 年度", "from 2007 2008"),
+# not a landline that happens to start with 20 (ranges written with –, —, ～ or 至 never match
+# _PHONE at all). Only words saying it is a number override this.
+_YEAR_PAIR = re.compile(r"((?:19|20)\d\d)[\s-]((?:19|20)\d\d)")
+_SAID_PHONE = re.compile(r"(?:電話|致電|熱線|傳真|tel|phone|call|fax|hotline|whatsapp)\W{0,3}$", re.I)
+
+
+def _year_range(m: re.Match, before: str) -> bool:
+    pair = _YEAR_PAIR.fullmatch(m.group(0))  # the whole match: a +852 prefix makes it a phone number
+    return bool(pair) and int(pair.group(1)) < int(pair.group(2)) and not _SAID_PHONE.search(before)
 
 
 def _phone_valid(m: re.Match, text: str) -> bool:
@@ -85,6 +96,8 @@ def _phone_valid(m: re.Match, text: str) -> bool:
         return False
     # Part of a longer run of digit groups (a card, an account number)?
     if re.search(r"\d[\s-]$", before) or re.match(r"[\s-]\d", after):
+        return False
+    if _year_range(m, before):
         return False
     # An unbroken YYYYMMDD is a date, not a phone number.
     return not _DATE_LIKE.fullmatch(m.group(0))

@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hkllm.data.steps import stable_hash
 from hkllm.errors import UserError
+from hkllm.files import read_jsonl, stable_hash
 
 HELDOUT_PERCENT = 10
 
@@ -42,23 +42,18 @@ def _records(path: str, split: str) -> list[dict]:
         raise UserError(f"data source not found: {path}")
     records = []
     for f in files:
-        with open(f, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                    text = rec["text"] if "messages" not in rec else None
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise UserError(f"{f}:{lineno}: expected a JSON object with a 'text' field ({e})") from None
-                meta = rec.get("metadata") or {}
-                record = {"text": text, "variety": rec.get("variety") or meta.get("variety") or rec.get("lang"),
-                          "replay": bool(meta.get("replay"))}
-                if text is None:
-                    from hkllm.train.chat_data import validate_messages
+        for lineno, rec in read_jsonl(f):
+            if not isinstance(rec, dict) or ("text" not in rec and "messages" not in rec):
+                raise UserError(f"{f}:{lineno}: expected a JSON object with a 'text' (or 'messages') field")
+            text = rec["text"] if "messages" not in rec else None
+            meta = rec.get("metadata") or {}
+            record = {"text": text, "variety": rec.get("variety") or meta.get("variety") or rec.get("lang"),
+                      "replay": bool(meta.get("replay"))}
+            if text is None:
+                from hkllm.data.chat import validate_messages
 
-                    record["messages"] = validate_messages(rec["messages"], f"{f}:{lineno}")
-                records.append(record)
+                record["messages"] = validate_messages(rec["messages"], f"{f}:{lineno}")
+            records.append(record)
     return records
 
 

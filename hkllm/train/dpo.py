@@ -10,14 +10,13 @@ save:  the model folder (see hkllm/train/run.py).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
+from hkllm.data.chat import load_preferences
 from hkllm.errors import UserError
-from hkllm.files import write_atomic
+from hkllm.files import read_jsonl, write_atomic
 from hkllm.train import data as D
-from hkllm.train.chat_data import load_preferences
 from hkllm.train.metrics import bpb_by_variety
 from hkllm.train.recipe import Recipe, to_yaml
 from hkllm.train.run import MarkCompleteCheckpoints, ProgressAndLog, finish, last_checkpoint, training_arguments
@@ -48,7 +47,7 @@ def run(recipe: Recipe, command: str) -> dict:
     trainer.remove_callback(PrinterCallback)
     started = time.time()
     result = trainer.train(resume_from_checkpoint=last_checkpoint(out))
-    logs = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if line.strip()]
+    logs = [row for _, row in read_jsonl(out / "train_log.jsonl")]
     last = next((r for r in reversed(logs) if "rewards/accuracies" in r), {})
     metrics = {
         "stage": "dpo", "bpb_before": before, "bpb_after": bpb_by_variety(model, tokenizer, eval_texts, t.seq_len),

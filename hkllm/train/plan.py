@@ -37,6 +37,39 @@ def _presets():
     }
 
 
+# JSON model descriptions that are not Hugging Face configs, by the keys that give them away,
+# and where the Hugging Face config of the same model is.
+_FOREIGN_CONFIGS = (
+    ({"dim", "n_layers", "n_heads", "n_routed_experts"}, "DeepSeek's inference config (inference/configs/*.json in "
+     "the DeepSeek-V3 repository: dim, n_layers, n_routed_experts, ...)", "the config.json of the Hugging Face "
+     "checkpoint (e.g. a download of deepseek-ai/DeepSeek-V3), or --model deepseek-v3 for its 671B shapes"),
+    ({"dim", "n_layers", "n_heads", "norm_eps"}, "Meta's original Llama params.json", "the config.json of the "
+     "Hugging Face checkpoint (e.g. meta-llama/Llama-3.1-8B), or --model llama-3.1-8b"),
+)
+
+
+def _not_hf_config(path: Path, data) -> str:
+    """Why the JSON at `path` cannot be planned, and where the right file is."""
+    if not isinstance(data, dict):
+        return f"{path}: not a Hugging Face config.json (a JSON {type(data).__name__}, not an object)"
+    for keys, what, instead in _FOREIGN_CONFIGS:
+        if keys <= data.keys():
+            return f"{path}: this looks like {what}, not a Hugging Face config.json; point --model at {instead}"
+    shown = ", ".join(sorted(data)[:8]) + (", ..." if len(data) > 8 else "")
+    return (f"{path}: not a Hugging Face config.json: it has no 'model_type' (keys: {shown or 'none'}); point --model at "
+            "the config.json of a Hugging Face checkpoint, its folder, or a preset")
+
+
+def _read_config_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"--model {path}: not a readable JSON file ({e})") from None
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise UserError(_not_hf_config(path, data))
+    return data
+
+
 def load_config(model: str):
     from transformers import AutoConfig
 
@@ -46,8 +79,10 @@ def load_config(model: str):
     path = Path(model)
     try:
         if path.is_file():
-            data = json.loads(path.read_text())
+            data = _read_config_json(path)
             return AutoConfig.for_model(data.pop("model_type"), **data)
+        if (path / "config.json").is_file():
+            _read_config_json(path / "config.json")  # the same explanation for a folder holding a foreign config
         return AutoConfig.from_pretrained(model)
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"--model {model!r}: not a preset ({', '.join(presets)}), config.json or model folder: {e}") from None

@@ -22,7 +22,13 @@ from hkllm.train import data as D
 from hkllm.train.metrics import bpb_by_variety
 from hkllm.train.recipe import Recipe, to_yaml
 from hkllm.train.run import (
-    MarkCompleteCheckpoints, ProgressAndLog, check_fits, distributed_info, finish, last_checkpoint, training_arguments,
+    MarkCompleteCheckpoints,
+    ProgressAndLog,
+    check_fits,
+    distributed_info,
+    finish,
+    last_checkpoint,
+    training_arguments,
 )
 
 

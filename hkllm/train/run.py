@@ -15,7 +15,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from hkllm.files import write_atomic
+from hkllm.files import read_jsonl, write_atomic
 
 
 class ProgressAndLog(TrainerCallback):
@@ -66,8 +66,7 @@ def plot_loss(out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "loss" in r]
+    rows = [r for _, r in read_jsonl(out / "train_log.jsonl") if "loss" in r]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], marker=".")
     ax.set_xlabel("step")
@@ -81,28 +80,59 @@ def plot_loss(out: Path) -> None:
     tmp.replace(out / "loss.png")
 
 
-def generation_config(tokenizer):
+def stop_ids(tokenizer) -> list[int]:
+    stop = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    return [i for i in stop if i is not None and i != tokenizer.unk_token_id] or [tokenizer.eos_token_id]
+
+
+def base_generation_config(path: str | None):
+    """The base model's generation_config.json, or None (a model from scratch, or a base without one)."""
     from transformers import GenerationConfig
 
-    stop = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
-    stop = [i for i in stop if i is not None and i != tokenizer.unk_token_id] or [tokenizer.eos_token_id]
-    # do_sample=True: engines that honour generation_config then sample at temperature 1 when
-    # asked to; hkllm serve's consistency mode requests greedy decoding explicitly.
-    return GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=stop, pad_token_id=tokenizer.pad_token_id,
-                            do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=256)
+    if not path:
+        return None
+    try:
+        return GenerationConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
 
 
-def save_model(trainer, tokenizer, out: Path) -> None:
+def generation_config(tokenizer, base=None):
+    """What generation_config.json says after a stage.
+
+    A base's own file is kept as it is (vLLM and SGLang take their sampling defaults from it:
+    Qwen's top_p 0.8, top_k 20, repetition_penalty 1.1 are tuned for the model); only the
+    end-of-turn ids this tokenizer stops on are added and pad follows the tokenizer.
+    """
+    from transformers import GenerationConfig
+
+    if base is None:
+        # do_sample=True: engines that honour generation_config then sample at temperature 1 when
+        # asked to; hkllm serve's consistency mode requests greedy decoding explicitly.
+        return GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=stop_ids(tokenizer),
+                                pad_token_id=tokenizer.pad_token_id, do_sample=True, temperature=0.7, top_p=0.9,
+                                max_new_tokens=256)
+    config = GenerationConfig.from_dict(base.to_dict())
+    eos = base.eos_token_id if isinstance(base.eos_token_id, list) else [base.eos_token_id]
+    # the base's own stop ids first (Llama 3's <|eot_id|> is not one hkllm knows by name)
+    config.eos_token_id = list(dict.fromkeys([i for i in eos if i is not None] + stop_ids(tokenizer)))
+    if tokenizer.pad_token_id is not None:
+        config.pad_token_id = tokenizer.pad_token_id
+    return config
+
+
+def save_model(trainer, tokenizer, out: Path, base_path: str | None = None) -> None:
     """Save into out/ via a temporary folder whose files are renamed into place.
 
     trainer.save_model consolidates sharded weights (DeepSpeed ZeRO-3, FSDP) and writes on the
-    main process only; every process must call it.
+    main process only; every process must call it. generation_config.json starts from the base's
+    file (base_path), read again here because the trainers rewrite model.generation_config.
     """
     tmp = out / "_final.tmp"
     main = trainer.is_world_process_zero()
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.generation_config = generation_config(tokenizer)
+    trainer.model.generation_config = generation_config(tokenizer, base_generation_config(base_path))
     trainer.save_model(str(tmp))
     if main:
         tokenizer.save_pretrained(tmp)
@@ -143,7 +173,7 @@ def training_arguments(recipe, out: Path) -> dict:
 def finish(trainer, tokenizer, out: Path, metrics: dict, recipe) -> dict:
     """The end of every stage: the model folder, loss.png and metrics.json (with the precision used)."""
     metrics = {**metrics, "precision": stage_precision(recipe).as_dict()}
-    save_model(trainer, tokenizer, out)
+    save_model(trainer, tokenizer, out, recipe.model.path)
     if trainer.is_world_process_zero():
         plot_loss(out)
         write_atomic(out / "metrics.json", json.dumps(metrics, ensure_ascii=False, indent=1))

@@ -17,11 +17,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from hkllm.data.steps import stable_hash
+from hkllm.data.chat import load_conversations
 from hkllm.errors import UserError
-from hkllm.files import write_atomic
+from hkllm.files import stable_hash, write_atomic
 from hkllm.train import data as D
-from hkllm.train.chat_data import assistant_mask, has_generation_markers, load_conversations
+from hkllm.train.chat_data import assistant_mask, has_generation_markers
 from hkllm.train.metrics import bpb_by_variety
 from hkllm.train.recipe import Recipe, to_yaml
 from hkllm.train.run import MarkCompleteCheckpoints, ProgressAndLog, finish, last_checkpoint, training_arguments

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from hkllm.errors import UserError
 from hkllm.data.build import build
 from hkllm.data.recipe import load_recipe
+from hkllm.errors import UserError
 
 from .conftest import CANTONESE, CONTAMINATED, LONG_YUE
 

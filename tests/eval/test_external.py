@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hkllm.errors import UserError
-from hkllm.eval.external import LOADERS, GenItem, MCItem, load_external
+from hkllm.eval.external import LOADERS, GenItem, MCItem, load_external, load_external_report, stratified_subset
 
 FIX = Path(__file__).parent / "fixtures" / "external"
 YUE = FIX / "yue_benchmark_v1"  # the Hugging Face layout: yue_benchmark_v1/<Benchmark>/*.json
@@ -131,31 +131,60 @@ def test_other_accepted_forms(tmp_path):
     assert (row.id, row.answer, row.topic) == ("food_test-0", 0, "food")  # header skipped, "a" accepted
 
 
-@pytest.mark.parametrize("name, folder, message", [
-    ("yue-mmlu", "mmlu_bad_answer", 'Yue-MMLU/yue_mmlu.json record 2: field "answer" is "E", expected one of A-D'),
-    ("yue-mmlu", "mmlu_missing_choice", 'Yue-MMLU/education.json record 1: field "C" is missing'),
-    ("yue-gsm8k", "gsm8k_no_final_answer", 'Yue-GSM8K/Yue-GSM8K.json record 1: field "answer" has no final answer'),
-    ("yue-truthfulqa", "truthfulqa_no_answer", 'Yue-TruthfulQA/Yue-TruthfulQA.json record 1: field "best_answer"'),
-    ("yue-trans", "trans_no_cantonese", 'Yue-TRANS/Yue-TRANS.json record 1: field "yue" is missing'),
-    ("yue-arc-c", "arc_not_json", "Yue-ARC-C/Yue-ARC-C.json: not valid JSON at line 3"),
-    ("hkcanto-eval", "hkcanto_bad_answer",
+# These two tests encoded the old behaviour (one malformed record refused the whole benchmark): a
+# malformed record is now skipped and reported, and only a benchmark of which nothing loads fails.
+@pytest.mark.parametrize("name, folder, loaded, message", [
+    ("yue-mmlu", "mmlu_bad_answer", 2,
+     'Yue-MMLU/yue_mmlu.json record 2: field "answer" is "E", expected one of A-D'),
+    ("yue-mmlu", "mmlu_missing_choice", 1, 'Yue-MMLU/education.json record 1: field "C" is missing'),
+    ("yue-gsm8k", "gsm8k_no_final_answer", 1,
+     'Yue-GSM8K/Yue-GSM8K.json record 1: field "answer" has no final answer'),
+    ("yue-truthfulqa", "truthfulqa_no_answer", 1, 'Yue-TruthfulQA/Yue-TruthfulQA.json record 1: field "best_answer"'),
+    ("yue-trans", "trans_no_cantonese", 1, 'Yue-TRANS/Yue-TRANS.json record 1: field "yue" is missing'),
+    ("hkcanto-eval", "hkcanto_bad_answer", 1,
      'cultural/test/food_test.csv record 1 (line 2): field "answer" (column 6) is "Z", expected one of A-D'),
-    ("hkcanto-eval", "hkcanto_short_row", "cultural/test/food_test.csv record 1 (line 3): has 2 column(s)"),
+    ("hkcanto-eval", "hkcanto_short_row", 1, "cultural/test/food_test.csv record 1 (line 3): has 2 column(s)"),
 ])
-def test_malformed_names_file_record_and_field(name, folder, message):
+def test_malformed_record_skipped_and_reported_with_file_record_and_field(name, folder, loaded, message):
+    items, report = load_external_report(name, BAD / folder)
+    assert len(items) == loaded == report.loaded
+    assert report.skipped_records == 1 and report.skipped_files == 0
+    assert message in str(report.skipped[0])
+    assert message in report.summary() and report.to_dict()["skipped_examples"][0]["where"] in message
+
+
+def test_unreadable_only_file_fails_naming_file_and_reason():
     with pytest.raises(UserError) as err:
-        load_external(name, BAD / folder)
-    assert message in str(err.value)
+        load_external("yue-arc-c", BAD / "arc_not_json")
+    assert "Yue-ARC-C/Yue-ARC-C.json: not valid JSON at line 3" in str(err.value)
+    assert "nothing loaded" in str(err.value)
 
 
-def test_mixed_truthfulqa_forms_rejected(tmp_path):
+def test_mixed_truthfulqa_forms_minority_skipped(tmp_path):
     folder = tmp_path / "Yue-TruthfulQA"
     folder.mkdir()
     (folder / "mixed.json").write_text(json.dumps([
         {"question": "一", "mc1_targets": {"choices": ["a", "b"], "labels": [1, 0]}},
         {"question": "二", "best_answer": "b"}]), encoding="utf-8")
-    with pytest.raises(UserError, match=r'mixed.json record 1: field "mc1_targets" is missing'):
-        load_external("yue-truthfulqa", tmp_path)
+    items, report = load_external_report("yue-truthfulqa", tmp_path)
+    assert [type(i) for i in items] == [MCItem]
+    assert 'mixed.json record 1: field "mc1_targets" is missing' in str(report.skipped[0])
+
+
+def test_fails_only_when_nothing_loads(tmp_path):
+    folder = tmp_path / "Yue-MMLU"
+    folder.mkdir()
+    (folder / "law.json").write_text(json.dumps([{"question": "一", "B": "b"}, ["not", "an", "object"]]),
+                                     encoding="utf-8")
+    with pytest.raises(UserError) as err:
+        load_external("yue-mmlu", tmp_path)
+    message = str(err.value)
+    assert message.startswith("yue-mmlu: nothing loaded from") and "2 record(s) and 0 file(s) skipped" in message
+    assert 'law.json record 0: field "A" is missing' in message and "law.json record 1: expected a JSON object" in message
+    (folder / "ok.json").write_text(json.dumps([{"question": "二", "A": "a", "B": "b", "answer": "A"}]),
+                                    encoding="utf-8")
+    items, report = load_external_report("yue-mmlu", tmp_path)
+    assert [i.id for i in items] == ["ok-0"] and report.skipped_records == 2 and report.records == 3
 
 
 def test_missing_directory(tmp_path):
@@ -181,3 +210,159 @@ def test_empty_benchmark_file_and_unknown_name(tmp_path):
         load_external("yue-gsm8k", tmp_path)
     with pytest.raises(UserError, match='unknown external benchmark "cmmlu"'):
         load_external("cmmlu", tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The published files, in their real layouts and record shapes (fixtures/external/side_by_side/:
+# a folder holding a Yue-Benchmark/ and an hkcanto-eval/ clone side by side)
+
+REAL = FIX / "side_by_side"
+YUE_REPO = REAL / "Yue-Benchmark" / "data" / "latest_data"
+HK_REPO = REAL / "hkcanto-eval"
+
+
+def test_data_dir_with_both_clones_side_by_side():
+    for name, n in [("yue-mmlu", 14), ("yue-arc-c", 4), ("yue-gsm8k", 2), ("yue-truthfulqa", 2), ("yue-trans", 4),
+                    ("hkcanto-eval", 15)]:
+        items, report = load_external_report(name, REAL)
+        assert len(items) == n, name
+    _, report = load_external_report("yue-gsm8k", REAL)
+    assert report.files == ["Yue-Benchmark/data/latest_data/Yue-GSM8K/Yue-GSM8K.json"]
+    # Yue-Benchmark's MMLU_Cantonese/test/*_test.csv beside the clone is not HKCanto-Eval
+    _, report = load_external_report("hkcanto-eval", REAL)
+    assert all(f.startswith("hkcanto-eval/data/") for f in report.files)
+
+
+def test_yue_mmlu_real_file_record_without_choice_a_is_skipped():
+    # security_study.json as published: one record's choice "A" is merged into its question
+    items, report = load_external_report("yue-mmlu", REAL)
+    assert {i.topic for i in items} == {"chinese_literature", "economics", "education", "security_study",
+                                        "world_religions"}
+    assert [i.id for i in items if i.topic == "security_study"] == ["security_study-0", "security_study-1",
+                                                                    "security_study-3"]
+    assert [str(s) for s in report.skipped] == [
+        'Yue-Benchmark/data/latest_data/Yue-MMLU/security_study.json record 2: field "A" is missing']
+    assert (report.records, report.loaded, report.skipped_records) == (15, 14, 1)
+
+
+def test_yue_arc_c_three_choice_items_and_numbered_answers():
+    items, report = load_external_report("yue-arc-c", YUE_REPO)
+    assert [(i.id, len(i.choices), i.answer) for i in items] == [
+        ("Yue-ARC-C-0", 4, 2), ("Yue-ARC-C-1", 3, 0),   # "D": null -> three choices
+        ("Yue-ARC-C-2", 4, 2), ("Yue-ARC-C-3", 3, 1)]   # ARC's 1-based "3" -> C, "2" -> B
+    assert items[1].choices == ["冰", "水蒸氣", "牛奶"]
+    # a three-choice item whose answer is "D" cannot be scored: skipped, said why
+    assert [str(s) for s in report.skipped] == [
+        'Yue-ARC-C/Yue-ARC-C.json record 4: field "answer" is "D", expected one of A-C (or a number 1-3)']
+
+
+def test_yue_trans_real_keys_mandarin_source_under_en():
+    items = load_external("yue-trans", YUE_REPO)
+    assert [(i.id, i.src_lang, i.tgt_lang, i.topic) for i in items] == [
+        ("en-yue-0.en-yue", "en", "yue", "en-yue"), ("en-yue-1.en-yue", "en", "yue", "en-yue"),
+        ("zh-yue-0.zh-yue", "zh", "yue", "zh-yue"), ("zh-yue-1.zh-yue", "zh", "yue", "zh-yue")]
+    assert items[2].prompt == "昨天男朋友带我去见家长，我打扮得斯斯文文。"
+    assert items[2].reference == "尋日男朋友帶我去見家長，我打扮得斯斯文文。"
+
+
+def test_hkcanto_accented_answer_letter():
+    items = load_external("hkcanto-eval", HK_REPO / "data" / "dse")
+    bio = [i for i in items if i.topic == "dse/bio_zh"]
+    assert [i.answer for i in bio] == [3, 2]  # "Ď", a typo of D, and "C"
+    assert bio[0].lang == "zh"
+
+
+def test_hkcanto_english_mmlu_left_out_and_english_questions_tagged_en():
+    items, report = load_external_report("hkcanto-eval", HK_REPO)
+    assert not [i for i in items if i.topic.startswith("mmlu/")]
+    assert len(report.left_out) == 1
+    assert report.left_out[0].startswith("data/mmlu/ (1 file(s)): the original English MMLU")
+    langs = {i.topic: i.lang for i in items}
+    assert langs["phonetics/phonology"] == "en"  # English questions about Cantonese sounds
+    assert langs["dse/econ_en"] == "en" and langs["dse/bio_zh"] == "zh"
+    assert langs["cultural/food"] == langs["hk-law/landlord_tenant"] == langs["canto-mmlu/anatomy"] == "yue"
+    # pointed at on purpose, the English MMLU loads, tagged en
+    english = load_external("hkcanto-eval", HK_REPO / "data" / "mmlu")
+    assert [(i.id, i.lang) for i in english] == [("mmlu/anatomy_test-0", "en"), ("mmlu/anatomy_test-1", "en")]
+
+
+def test_cantonese_questions_with_formulas_or_code_stay_yue(tmp_path):
+    test = tmp_path / "canto-mmlu" / "test"
+    test.mkdir(parents=True)
+    (test / "college_mathematics_test.csv").write_text(
+        '"設 f(x) = ax + b，如果 f(1) = 3 同 f(2) = 5，a 係幾多？","1","2","3","4","B"\n'
+        '"for i in range(3) 同 if x > 0 係咩語法？","Python","C","Java","Go","A"\n', encoding="utf-8")
+    assert [i.lang for i in load_external("hkcanto-eval", tmp_path)] == ["yue", "yue"]
+
+
+def test_hkcanto_clone_without_git_lfs_says_git_lfs_pull():
+    with pytest.raises(UserError) as err:
+        load_external("hkcanto-eval", FIX / "hkcanto_no_lfs")
+    assert "Git LFS pointer" in str(err.value) and "run `git lfs pull`" in str(err.value)
+    assert "column(s)" not in str(err.value)
+
+
+def test_lfs_pointer_beside_data_is_skipped_and_named(tmp_path):
+    shutil.copytree(HK_REPO / "data" / "cultural", tmp_path / "cultural")
+    shutil.copy(FIX / "hkcanto_no_lfs" / "data" / "cultural" / "test" / "food_test.csv",
+                tmp_path / "cultural" / "test" / "tatsujin_test.csv")
+    items, report = load_external_report("hkcanto-eval", tmp_path)
+    assert len(items) == 2 and report.skipped_files == 1 and report.lfs_pointers == 1
+    assert str(report.skipped[0]).startswith("cultural/test/tatsujin_test.csv: is a Git LFS pointer file")
+    assert "run `git lfs pull`" in report.summary()
+
+
+def test_limit_is_stratified_every_subject_represented():
+    # in name order, the first 5 items are 4 chinese_literature and 1 economics: 2 of 5 subjects
+    items = load_external("yue-mmlu", REAL, limit=5)
+    assert len(items) == 5
+    assert {i.topic for i in items} == {"chinese_literature", "economics", "education", "security_study",
+                                        "world_religions"}
+    many = load_external("yue-mmlu", REAL, limit=9)
+    counts = {t: sum(i.topic == t for i in many) for t in {i.topic for i in many}}
+    assert sum(counts.values()) == 9 and min(counts.values()) >= 1 and counts["chinese_literature"] >= 2
+
+
+def test_limit_on_hkcanto_eval_includes_hong_kong_items():
+    # in name order the first 6 items are all canto-mmlu (translated MMLU): no Hong Kong item
+    assert {i.topic.split("/")[0] for i in load_external("hkcanto-eval", HK_REPO)[:6]} == {"canto-mmlu"}
+    items, report = load_external_report("hkcanto-eval", HK_REPO, limit=6)
+    assert {i.topic.split("/")[0] for i in items} == {"canto-mmlu", "cultural", "dse", "hk-law", "phonetics"}
+    assert (report.limit, report.selected, report.topics) == (6, 6, 7)
+
+
+def test_limit_subset_is_stable_and_kept_in_file_order():
+    first = [i.id for i in load_external("hkcanto-eval", HK_REPO, limit=7)]
+    again = [i.id for i in load_external("hkcanto-eval", HK_REPO, limit=7)]
+    everything = [i.id for i in load_external("hkcanto-eval", HK_REPO)]
+    assert first == again and first == [i for i in everything if i in first]
+    # the choice depends on the items, not on their order or on Python's hash seed
+    items = load_external("yue-mmlu", REAL)
+    assert [i.id for i in stratified_subset(items, 5)] == [i.id for i in stratified_subset(items[::-1], 5)][::-1]
+    assert stratified_subset(items, None) == items and stratified_subset(items, 100) == items
+    with pytest.raises(UserError, match="limit"):
+        stratified_subset(items, -1)
+
+
+def test_evaluate_reports_skips_and_takes_per_entry_data_dir(tmp_path):
+    from hkllm.eval.run import evaluate
+    from tests.eval.test_tasks import Scripted
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"external:\n  - {{name: yue-mmlu, data_dir: {REAL}}}\n"
+                     f"  - {{name: hkcanto-eval, data_dir: {REAL}}}\n", encoding="utf-8")
+    lines = []
+    results = evaluate(Scripted(), suite, tmp_path / "out", progress=lines.append)  # no --data-dir
+    assert results["metrics"]["external.yue-mmlu.acc"]["n"] == 14
+    mmlu = results["external"]["yue-mmlu"]
+    assert (mmlu["loaded"], mmlu["skipped_records"], mmlu["skipped_files"]) == (14, 1, 0)
+    assert mmlu["skipped_examples"] == [
+        {"where": "Yue-Benchmark/data/latest_data/Yue-MMLU/security_study.json record 2", "error": 'field "A" is missing'}]
+    assert results["external"]["hkcanto-eval"]["left_out"][0].startswith("hkcanto-eval/data/mmlu/")
+    saved = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
+    assert saved["external"] == results["external"]
+    report_md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert 'security_study.json record 2`: field "A" is missing' in report_md
+    assert any("1 malformed record(s) skipped" in line for line in lines)
+    again = evaluate(Scripted(), suite, tmp_path / "out", progress=lines.append)  # kept from the first run
+    assert again["external"] == results["external"]

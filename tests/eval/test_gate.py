@@ -8,7 +8,15 @@ import pytest
 
 from hkllm.errors import UserError
 from hkllm.eval.gate import (
-    RULES, Run, add_parser, check_policy, evaluate_gate, load_policy, load_run, render_table, run_cli,
+    RULES,
+    Run,
+    add_parser,
+    check_policy,
+    evaluate_gate,
+    load_policy,
+    load_run,
+    render_table,
+    run_cli,
     write_gate,
 )
 

@@ -6,9 +6,23 @@ import numpy as np
 import pytest
 
 from hkllm.eval.metrics import (
-    REFUSAL_PATTERNS, answer_flips, bits_per_byte, chrf, distinct_outputs, extract_choice, flips,
-    is_refusal, mcnemar, mean_ci, modal_agreement, normalize_answer, paired_bootstrap,
-    paraphrase_consistency, proportion_ci, sentence_chrf, simplified_leak,
+    REFUSAL_PATTERNS,
+    answer_flips,
+    bits_per_byte,
+    chrf,
+    distinct_outputs,
+    extract_choice,
+    flips,
+    is_refusal,
+    mcnemar,
+    mean_ci,
+    modal_agreement,
+    normalize_answer,
+    paired_bootstrap,
+    paraphrase_consistency,
+    proportion_ci,
+    sentence_chrf,
+    simplified_leak,
 )
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
@@ -342,7 +356,7 @@ def test_simplified_leak(text, expected):
 def test_simplified_leak_survives_a_length_changing_conversion(monkeypatch):
     # A converter whose whole-text output is one character longer (as a phrase table mapping
     # 2 characters to 3 would make it) must not shift the comparison by a position.
-    from hkllm.eval import metrics
+    from hkllm.text import checks  # where simplified_leak lives (eval.metrics re-exports it)
 
     class Longer:
         def __init__(self, converter):
@@ -352,8 +366,8 @@ def test_simplified_leak_survives_a_length_changing_conversion(monkeypatch):
             out = self.converter.convert(text)
             return out if "\n" in text else "〇" + out
 
-    real = metrics._opencc_converters()
-    monkeypatch.setattr(metrics, "_opencc_converters", lambda: tuple(Longer(c) for c in real))
+    real = checks._opencc_converters()
+    monkeypatch.setattr(checks, "_opencc_converters", lambda: tuple(Longer(c) for c in real))
     assert simplified_leak("这是香港") is True
     assert simplified_leak("這是香港") is False
     assert simplified_leak("皇后大道中，我們的发展") is True

@@ -4,10 +4,10 @@ in a batch, and when requests join a batch already decoding."""
 import asyncio
 
 import torch
+from transformers.cache_utils import DynamicLayer
 
 from hkllm.serve.engine import SamplingParams
 from hkllm.serve.kv_cache import GrowableLayer
-from transformers.cache_utils import DynamicLayer
 
 PROMPTS = ["你好", "請問圖書館幾點開？借書證點樣申請？", "Hello there, how are you today?", "旺角"]
 
@@ -62,3 +62,79 @@ def test_growable_layer_behaves_like_dynamic_layer():
     assert torch.equal(grow.keys, plain.keys) and grow.get_seq_length() == plain.get_seq_length() == 74
     k, v = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
     assert torch.equal(grow.update(k, v)[1], plain.update(k, v)[1])
+
+
+# -- logits processors -------------------------------------------------------------------------
+
+async def entries(engine, prompt: str, params: SamplingParams) -> list[dict]:
+    out = []
+    async for event in engine.generate(engine.encode_text(prompt), params):
+        out += event.logprobs
+    return out
+
+
+def test_logits_processor_bans_a_token_alone_and_in_a_batch_of_rows_without_one(engine):
+    """A toy processor that bans the token greedy decoding would pick first: it applies at
+    prefill (the first token changes) and at every step (the token never comes back), sees the
+    token ids so far, and leaves the other rows of the batch exactly as transformers decodes them."""
+    prompt, n = PROMPTS[1], 24
+    free = reference(engine, prompt, n)
+    banned = free[0]
+    prompt_ids = engine.encode_text(prompt)
+
+    def banning():
+        seen: list[list[int]] = []
+
+        def ban(ids, logits):
+            seen.append(list(ids))
+            logits[banned] = float("-inf")
+            return logits
+        return SamplingParams(max_tokens=n, logprobs=3, logits_processors=(ban,)), seen
+
+    alone_params, alone_seen = banning()
+    batch_params, batch_seen = banning()
+
+    async def main():
+        alone = await entries(engine, prompt, alone_params)
+        together = await asyncio.gather(*(entries(engine, p, batch_params if p == prompt
+                                                  else SamplingParams(n, logprobs=0)) for p in PROMPTS))
+        return alone, together
+
+    alone, together = asyncio.run(main())
+    # called at prefill and at each decoding step, with the prompt's ids and those generated so far
+    assert [len(ids) for ids in alone_seen] == list(range(len(prompt_ids), len(prompt_ids) + n))
+    assert all(ids[:len(prompt_ids)] == prompt_ids for ids in alone_seen)
+    generated = alone_seen[-1][len(prompt_ids):]            # all but the last token
+    assert banned not in generated and generated[0] != free[0]
+    assert [engine.token_text(i) for i in generated] == [e["token"] for e in alone][:-1]
+    # in a batch: the banned row decodes as it did alone, the others as transformers' generate does
+    assert batch_seen[-1] == alone_seen[-1]
+    for p, got in zip(PROMPTS, together):
+        want = [e["token"] for e in alone] if p == prompt else as_text(engine, reference(engine, p, n))
+        assert [e["token"] for e in got] == want, p
+
+
+def test_logprobs_are_those_after_processing(engine):
+    """A processor that pushes one token far ahead: it is chosen every time, and its reported
+    log-probability is ~0 (after processing), not the ~-6 of the raw, near-uniform tiny model."""
+    favourite = engine.encode_text("a")[0]
+
+    def boost(ids, logits):
+        logits[favourite] += 50.0
+        return logits
+
+    got = asyncio.run(entries(engine, PROMPTS[0], SamplingParams(6, logprobs=2, logits_processors=(boost,))))
+    assert [e["token"] for e in got] == ["a"] * 6
+    assert all(e["logprob"] > -1e-3 and e["logprob"] == max(e["top"].values()) for e in got)
+
+
+def test_sample_is_pure_and_near_zero_temperature_is_greedy():
+    from hkllm.serve.engine import sample
+
+    logits = torch.tensor([0.1, 3.0, 0.2, 2.9])
+    assert sample(logits, SamplingParams(1, temperature=0.0), None) == 1
+    assert sample(logits, SamplingParams(1, temperature=1e-300), None) == 1        # no overflow to NaN
+    draws = {sample(logits, SamplingParams(1, temperature=1.0, top_p=0.6), torch.Generator().manual_seed(s))
+             for s in range(40)}
+    assert draws == {1, 3}                                                          # top-p keeps the two likely ones
+    assert torch.equal(logits, torch.tensor([0.1, 3.0, 0.2, 2.9]))

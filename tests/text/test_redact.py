@@ -42,6 +42,20 @@ def test_numbers_that_are_not_phones_are_kept(text):
     assert redact(text) == text
 
 
+@pytest.mark.parametrize("text", [
+    "2007-2008 年的數字", "2023-2024 年度財政預算案", "Figures from 2007-2008 show a rise.", "2007 – 2008",
+    "2007—2008年", "2007～2008年", "2007至2008年", "2019 2020 年度", "from 2007 - 2008", "1997-2047年",
+])
+def test_year_ranges_are_never_phone_numbers(text):
+    """Issue 10: '2007-2008 年' became '[PHONE]'."""
+    assert redact(text) == text
+
+
+@pytest.mark.parametrize("text", ["電話 2012 2018", "Tel: 2012-2018", "+852 2012 2018", "熱線：2007-2008"])
+def test_a_year_like_number_said_to_be_a_phone_is_still_redacted(text):
+    assert "[PHONE]" in redact(text)
+
+
 def test_two_phone_numbers_separated_by_a_slash():
     assert redact("9123-4567/9876-5432") == "[PHONE]/[PHONE]"
 

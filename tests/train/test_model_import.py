@@ -136,8 +136,8 @@ def test_unsupported_files_are_one_clear_error_line(tmp_path, capsys, case, matc
 
 
 def test_stop_token_ids_cover_the_common_end_of_turn_tokens():
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
 
     from hkllm.train.model_import import stop_token_ids
 

@@ -109,3 +109,36 @@ def test_max_chars_caps_a_source_with_a_stable_draw(tmp_path):
     capped = read_source({"path": str(src), "split": "all", "max_chars": 1000}, "train")
     assert len(capped) == 10 and capped == read_source({"path": str(src), "split": "all", "max_chars": 1000}, "train")
     assert [r["text"][:5] for r in capped] != [f"文件{i:03d}" for i in range(10)]   # drawn, not the first ten
+
+
+QWEN_SAMPLING = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.1}
+
+
+def test_cpt_and_sft_keep_the_base_models_sampling_defaults(tmp_path, base_run, texts, chat_file):
+    """Issue 10: vLLM reads generation_config.json for its defaults; a stage must not replace Qwen's."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from hkllm.train import sft
+
+    base = tmp_path / "qwen-like"
+    shutil.copytree(base_run[0], base)
+    tok = AutoTokenizer.from_pretrained(base)
+    (base / "generation_config.json").write_text(json.dumps(
+        {**QWEN_SAMPLING, "bos_token_id": tok.bos_token_id, "eos_token_id": [tok.eos_token_id], "pad_token_id": 0}))
+    short = {**TINY_TRAIN, "max_steps": 2, "save_steps": 100}
+    run(load(make_recipe(tmp_path, "cpt", out=str(tmp_path / "cpt"), model={"path": str(base)},
+                         data={"train": [str(texts["hk"])]}, eval=[{"path": str(texts["hk"]), "split": "all"}],
+                         train=short)), "test")
+    sft.run(load(make_recipe(tmp_path, "sft", out=str(tmp_path / "sft"), model={"path": str(tmp_path / "cpt")},
+                             data={"train": [str(chat_file)]}, eval=[{"path": str(texts["hk"]), "split": "all"}],
+                             train=short)), "test")
+    for stage in ("cpt", "sft"):
+        gen = json.loads((tmp_path / stage / "generation_config.json").read_text())
+        assert {k: gen.get(k) for k in QWEN_SAMPLING} == QWEN_SAMPLING, stage
+        assert "max_new_tokens" not in gen, stage  # nothing of hkllm's own added
+        # only the ids change: the base's stop id kept, the end-of-turn id added, pad follows the tokenizer
+        assert gen["eos_token_id"][0] == tok.eos_token_id, stage
+        assert tok.convert_tokens_to_ids("<|im_end|>") in gen["eos_token_id"], stage
+        assert gen["pad_token_id"] == tok.pad_token_id, stage

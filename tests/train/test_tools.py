@@ -4,6 +4,7 @@ import sys
 
 import pytest
 
+from hkllm.errors import UserError
 from hkllm.train.plan import count_parameters, estimate, load_config
 from hkllm.train.tokenizer_extend import bytes_per_token, extend
 
@@ -55,3 +56,49 @@ def test_plan_unknown_model_is_a_clear_error(model):
     out = subprocess.run([sys.executable, "-m", "hkllm", "plan", "--model", model, "--gpus", "1", "--gpu-mem", "1"],
                          capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
     assert out.returncode == 2 and "not a preset" in out.stderr
+
+
+# DeepSeek-V3's own inference config (inference/configs/config_671B.json), not a Hugging Face config.json
+DEEPSEEK_INFERENCE = {"vocab_size": 129280, "dim": 7168, "inter_dim": 18432, "moe_inter_dim": 2048, "n_layers": 61,
+                      "n_dense_layers": 3, "n_heads": 128, "n_routed_experts": 256, "n_shared_experts": 1,
+                      "n_activated_experts": 8, "n_expert_groups": 8, "n_limited_groups": 4, "route_scale": 2.5,
+                      "score_func": "sigmoid", "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128,
+                      "qk_rope_head_dim": 64, "v_head_dim": 128, "dtype": "fp8"}
+
+
+def plan_cli(model):
+    return subprocess.run([sys.executable, "-m", "hkllm", "plan", "--model", str(model), "--gpus", "8", "--gpu-mem", "80"],
+                          capture_output=True, text=True)
+
+
+def test_plan_on_deepseeks_inference_config_says_what_the_file_is(tmp_path):
+    """Issue 10: this file failed with a bare `'model_type'`."""
+    path = tmp_path / "config_671B.json"
+    path.write_text(json.dumps(DEEPSEEK_INFERENCE))
+    out = plan_cli(path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "this looks like DeepSeek's inference config" in out.stderr and str(path) in out.stderr
+    assert "Hugging Face config.json" in out.stderr and "--model deepseek-v3" in out.stderr
+    # the same for a folder whose config.json is that file
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(DEEPSEEK_INFERENCE))
+    with pytest.raises(UserError, match="DeepSeek's inference config"):
+        load_config(str(tmp_path / "ckpt"))
+
+
+@pytest.mark.parametrize("body,why", [({"hidden": 8, "layers": 2}, "it has no 'model_type' (keys: hidden, layers)"),
+                                      ([1, 2], "a JSON list, not an object")])
+def test_plan_on_other_json_without_model_type_names_the_file(tmp_path, body, why):
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(body))
+    out = plan_cli(path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"{path}: not a Hugging Face config.json" in out.stderr and why in out.stderr
+
+
+def test_plan_on_metas_original_llama_params_json_says_what_the_file_is(tmp_path):
+    path = tmp_path / "params.json"
+    path.write_text(json.dumps({"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256,
+                                "ffn_dim_multiplier": 1.3, "multiple_of": 1024, "norm_eps": 1e-05, "rope_theta": 500000.0}))
+    with pytest.raises(UserError, match=r"params\.json: this looks like Meta's original Llama params\.json"):
+        load_config(str(path))

@@ -1,0 +1,1 @@
+"""Safeguards over text: watermarking of generated answers (watermark.py) and guards (guard.py)."""
