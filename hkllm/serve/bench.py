@@ -68,6 +68,16 @@ def percentile(values: list[float], q: float) -> float | None:
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
+def token_arrived(result: Result, now: float, start: float, last: float | None) -> float:
+    """Count a streamed chunk that carries text (TTFT for the first, ITL after); returns `now` as the new `last`."""
+    if result.ttft is None:
+        result.ttft = now - start
+    else:
+        result.itl.append(now - last)
+    result.output_tokens += 1
+    return now
+
+
 async def one_request(client, model: str, prompt: str, max_tokens: int) -> Result:
     import openai
 
@@ -84,12 +94,7 @@ async def one_request(client, model: str, prompt: str, max_tokens: int) -> Resul
             if chunk.usage is not None:
                 usage_tokens = chunk.usage.completion_tokens
             if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
-                if result.ttft is None:
-                    result.ttft = now - start
-                else:
-                    result.itl.append(now - last)
-                last = now
-                result.output_tokens += 1
+                last = token_arrived(result, now, start, last)
         result.e2e = time.perf_counter() - start
         if usage_tokens is not None:
             result.output_tokens = usage_tokens
@@ -193,12 +198,7 @@ class RawClient:
                         usage_tokens = chunk["usage"].get("completion_tokens")
                     choices = chunk.get("choices")
                     if choices and (choices[0].get("delta") or {}).get("content"):
-                        if result.ttft is None:
-                            result.ttft = now - start
-                        else:
-                            result.itl.append(now - last)
-                        last = now
-                        result.output_tokens += 1
+                        last = token_arrived(result, now, start, last)
             result.e2e = time.perf_counter() - start
             if usage_tokens is not None:
                 result.output_tokens = usage_tokens
