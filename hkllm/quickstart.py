@@ -89,7 +89,8 @@ def gain_forgetting_table(runs: dict[str, dict]) -> str:
 
 SUMMARY = ["lm.bpb.hk", "lm.bpb.general", "knowledge.mc.acc", "knowledge.open.acc", "knowledge.open.parse_failure_rate",
            "fidelity.cantonese_rate", "fidelity.simplified_leak_rate", "translation.chrf", "consistency.paraphrase",
-           "consistency.repeat.max_distinct", "safety.refusal_rate", "safety.over_refusal_rate"]
+           "consistency.repeat.max_distinct", "safety.refusal_rate", "safety.over_refusal_rate",
+           "chat.degenerate_rate", "watermark.detect_rate", "watermark.false_positive_rate", "moderation.recall.worst"]
 
 
 SMOKE_OPTIONS = {"max_tokens": 4, "max_docs": 8, "probes": 2, "k": 2}
@@ -218,7 +219,12 @@ def _run(args) -> int:
   hkllm serve {out}/dpo --no-auth
   curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{{"model": "dpo", "messages": [{{"role": "user", "content": "香港有幾多個區？"}}]}}'
-(with keys: `hkllm keys create --name me`, then drop --no-auth and add -H "Authorization: Bearer $KEY")""")
+(with keys: `hkllm keys create --name me`, then drop --no-auth and add -H "Authorization: Bearer $KEY")
+
+== 港文通 document assistant / 文件助理 ==
+  the same server, in a browser: http://127.0.0.1:8000/app
+  draft a letter from a template and export it to Word, rewrite, translate, summarize, or ask an
+  uploaded PDF with citations (起草公函並匯出 Word、改寫、翻譯、摘要、就上載文件提問並附出處)""")
     return 0
 
 

@@ -177,6 +177,12 @@ def _safety(path):
     return load_policy(path)
 
 
+def _gateway_guards(path):
+    from hkllm.serve.guards import GuardPolicy
+
+    return GuardPolicy.load(path).version
+
+
 def _guard(path):
     from hkllm.safety.guard import Policy
 
@@ -186,7 +192,7 @@ def _guard(path):
 # Which loader reads which file (first match); a new YAML under recipes/ must be added here.
 LOADERS = [("accelerate/*.yaml", _accelerate), ("data/demo.yaml", _data), ("data/instructions.yaml", _instructions),
            ("*/gate.yaml", _gate), ("*/*suite.yaml", _suite), ("eval/safety_policy.yaml", _safety),
-           ("safety/guard_policy.yaml", _guard),
+           ("safety/guard_policy.yaml", _guard), ("safety/gateway_guards.yaml", _gateway_guards),
            ("tiny/*.yaml", _train), ("scale/*.yaml", _train), ("smollm2/*.yaml", _train)]
 RECIPES = sorted(p.relative_to(REPO / "recipes").as_posix() for p in (REPO / "recipes").rglob("*.yaml"))
 

@@ -6,9 +6,12 @@
     model.doc_nll(["一段香港文字"])                          # [(nats, bytes)]
     model.chat([[{"role": "user", "content": "你好"}]], max_tokens=64)
     model.chat_with_finish(...)                           # [(answer, "stop" | "length")]
+    model.generate(conversations, [SamplingParams(...)])  # in-process only: per-row sampling, logits processors
 
 Every evaluation task uses only these calls, so the same suite scores a local folder
-and a served model. Generation is greedy: evaluation must be repeatable.
+and a served model; `generate` is the in-process backend's alone (the watermark task marks
+answers with a logits processor, which a server does not take from a client), and a served
+model skips that task. Generation is greedy, or seeded: evaluation must be repeatable.
 """
 
 from __future__ import annotations
@@ -77,16 +80,22 @@ class LocalBackend:
         from hkllm.serve.engine import SamplingParams
 
         params = SamplingParams(max_tokens=max_tokens)
+        return [(r["text"], r["finish"]) for r in self.generate(conversations, [params] * len(conversations))]
 
-        async def one(messages):
-            text, finish = "", "length"
-            async for event in self.engine.generate(self.engine.encode_chat(messages), params):
+    def generate(self, conversations: list[list[dict]], params: list) -> list[dict]:
+        """Each conversation answered under its own SamplingParams (temperature, seed, logits
+        processors: in-process only, e.g. the watermark task's): [{"text", "finish", "tokens"}]."""
+
+        async def one(messages, p):
+            text, finish, tokens = "", "length", 0
+            async for event in self.engine.generate(self.engine.encode_chat(messages), p):
                 text += event.text
                 finish = event.finish_reason or finish
-            return text, finish
+                tokens = event.completion_tokens or tokens
+            return {"text": text, "finish": finish, "tokens": tokens}
 
         async def all_():
-            return await asyncio.gather(*(one(m) for m in conversations))
+            return await asyncio.gather(*(one(m, p) for m, p in zip(conversations, params)))
 
         return asyncio.run(all_())
 

@@ -43,6 +43,9 @@ TASK_OPTIONS = {
     "consistency": _options("consistency", {"path": str}, probes=int, k=int, max_tokens=int),
     "safety": _options("safety", {"path": str}, policy=str, max_tokens=int),
     "chat": _options("chat", {"sources": list[dict]}, max_tokens=int),   # sources: {name, path, field}
+    "watermark": _options("watermark", {}, path=str, sources=Sources, prompts=int, max_tokens=int, max_docs=int,
+                          chunk_tokens=int, key_seed=int, alpha=float),
+    "moderation": _options("moderation", {}, path=str, policy=str, split=str),
 }
 EXTERNAL_OPTIONS = _options("external", {"name": str}, data_dir=str, limit=int, max_tokens=int)
 

@@ -3,9 +3,11 @@
 - metrics: {name: {"value", "ci_low", "ci_high", "n"}} — every number with its interval;
 - samples: one dict per item (task, id, prompt, output, score, and what the gate pairs on).
 
-`model` is a backend (backends.py): loglikelihoods, doc_nll and chat are all a task may use.
+`model` is a backend (backends.py): loglikelihoods, doc_nll and chat are all a task may use
+(watermark also uses the in-process backend's `generate`; moderation uses no model at all).
 `cfg` is the task's block of the suite YAML, paths already resolved. Read top to bottom:
-lm → knowledge → fidelity → translation → consistency → safety → chat → external.
+lm → knowledge → fidelity → translation → consistency → safety → chat → watermark →
+moderation → external.
 """
 
 from __future__ import annotations
@@ -314,6 +316,222 @@ def chat(model, cfg: dict):
     return metrics, samples
 
 
+# -- watermark: are the model's answers detected, and human text not? ----------------------
+
+WATERMARK_SETTINGS = (("green", 0.0), ("gumbel", 1.0))   # greedy gets the green list, T=1 Gumbel-max (scheme auto)
+LENGTH_BUCKETS = ((0, 24), (25, 49), (50, 99), (100, None))   # answer length in tokens, as detection tokenizes it
+LONG_ANSWER = 50                                      # watermark.detect_rate.tokens_50_plus: what the gate judges
+OTHER_KEYS = 4                                        # keys the answers were not marked with: false positives on model text
+
+
+def _bucket(lo: int, hi: int | None) -> str:
+    return f"tokens_{lo}_plus" if hi is None else f"tokens_{lo}_{hi}"
+
+
+def _interleave(groups: dict[str, list]) -> list:
+    """One of each group in turn (sorted by name), so a cap keeps every group represented."""
+    lists, out = [groups[k] for k in sorted(groups)], []
+    for i in range(max((len(x) for x in lists), default=0)):
+        out += [x[i] for x in lists if i < len(x)]
+    return out
+
+
+def _human_chunks(cfg: dict, tokenizer) -> list[dict]:
+    """Held-out human documents of the `sources` (as the lm task reads them), cut into pieces of
+    about `chunk_tokens` tokens (default 200), at most `max_docs` (default 60) over all varieties."""
+    from hkllm.train.data import read_sources
+
+    size, cap = cfg.get("chunk_tokens", 200), cfg.get("max_docs", 60)
+    per_variety: dict[str, list[dict]] = defaultdict(list)
+    for r in read_sources(cfg["sources"], "heldout"):
+        if len(per_variety[r["variety"]]) >= cap:
+            continue
+        ids = tokenizer(r["text"], add_special_tokens=False)["input_ids"]
+        for start in range(0, len(ids), size):
+            piece = ids[start:start + size]
+            if len(piece) >= min(size, 32):
+                text = tokenizer.decode(piece).replace("\ufffd", "").strip()   # a character cut at an edge
+                per_variety[r["variety"]].append({"variety": r["variety"], "text": text})
+    return _interleave(per_variety)[:cap]
+
+
+def watermark(model, cfg: dict):
+    """Detection of watermarked answers and false positives on human text (hkllm/safety/watermark.py).
+
+    Chat prompts (`path`, default data/eval/chat_prompts.jsonl; `prompts` of them, default 24, the
+    languages in turn, must-refuse and task prompts left out) are answered twice, within `max_tokens`
+    (default 96): greedy, which the green list marks, and at temperature 1 (seeded), which Gumbel-max
+    marks, as the embedded server does (WatermarkConfig defaults, scheme auto). The key is the eval's
+    own, made from `key_seed` (default 1234), never a server's. Each answer is detected with
+    `detect` at alpha 0.01 (p ≤ 0.01 is a 1% false-positive rate; too short to judge counts as
+    missed): watermark.detect_rate overall, by scheme and by answer length in tokens
+    (tokens_0_24 ... tokens_100_plus, and tokens_50_plus for the gate); watermark.coverage is the
+    share long enough to judge at all. watermark.false_positive_rate is the share of human held-out
+    text (`sources`, as the lm task's; see _human_chunks) detected as marked, per variety too, and
+    .other_key the share of (answer, key) pairs detected under OTHER_KEYS keys the answers were not
+    marked with (the model's own repetitive text must not look marked either; n = answers × keys). The answers are marked
+    in this process as `hkllm serve` marks them (a fresh processor per request, last in the chain).
+    A served model (--base-url) cannot be marked from the client: the task is skipped (no metrics)."""
+    from hkllm.safety.watermark import WatermarkConfig, WatermarkKey, detect_prepared, prepare, watermark_processor
+    from hkllm.serve.contract import SamplingParams
+
+    if not hasattr(model, "generate"):
+        return {}, []      # the gate's watermark rules then say "not measured"
+    alpha = cfg.get("alpha", 0.01)
+    seed = cfg.get("key_seed", 1234)
+    if not 0 <= seed < 2**64:
+        raise UserError(f"watermark: key_seed must be an integer in [0, 2**64), got {seed}")
+    key = WatermarkKey(seed)
+    others = [WatermarkKey(files.stable_hash(f"hkllm-eval-other-key:{seed}:{i}")) for i in range(OTHER_KEYS)]
+    config = WatermarkConfig()
+    rows = [it for it in read_jsonl(cfg.get("path", "data/eval/chat_prompts.jsonl"), ("id", "prompt"))
+            if not it.get("should_refuse") and it.get("kind") != "task"]
+    by_language: dict[str, list[dict]] = defaultdict(list)
+    for it in rows:
+        by_language[it.get("lang", "")].append(it)
+    items = _interleave(by_language)[: cfg.get("prompts", 24)]
+    if not items:
+        raise UserError(f"{cfg.get('path', 'data/eval/chat_prompts.jsonl')}: no prompts to answer (must-refuse and "
+                        "task prompts are left out)")
+    jobs = [(it, scheme, t) for scheme, t in WATERMARK_SETTINGS for it in items]
+    params = []
+    for i, (_, scheme, t) in enumerate(jobs):
+        proc = watermark_processor(config, key, t)
+        assert proc.scheme == scheme, (proc.scheme, scheme)
+        params.append(SamplingParams(max_tokens=cfg.get("max_tokens", 96), temperature=t, seed=i,
+                                     logits_processors=(proc,)))
+    answers = model.generate([[{"role": "user", "content": it["prompt"]}] for it, _, _ in jobs], params)
+    samples = []
+    for (it, scheme, _), answer in zip(jobs, answers):
+        prepared = prepare(answer["text"], model.tokenizer)
+        r = detect_prepared(prepared, key, config, alpha=alpha)
+        wrong = sum(detect_prepared(prepared, k, config, alpha=alpha)["verdict"] == "watermarked" for k in others)
+        samples.append({"task": "watermark", "id": f"{it['id']}-{scheme}", "prompt": it["prompt"],
+                        "output": answer["text"], "lang": it.get("lang", ""), "scheme": scheme,
+                        "tokens": r["tokens"], "generated_tokens": answer["tokens"], "verdict": r["verdict"],
+                        "p_value": r["p_value"], "detected": r["verdict"] == "watermarked",
+                        "other_keys_detected": wrong, "score": float(r["verdict"] == "watermarked")})
+    metrics = {"watermark.detect_rate": M.mean_ci([s["detected"] for s in samples]),
+               "watermark.coverage": M.mean_ci([s["verdict"] != "too_short" for s in samples])}
+    for scheme, _ in WATERMARK_SETTINGS:
+        rows_ = [s for s in samples if s["scheme"] == scheme]
+        metrics[f"watermark.detect_rate.{scheme}"] = M.mean_ci([s["detected"] for s in rows_])
+        metrics[f"watermark.coverage.{scheme}"] = M.mean_ci([s["verdict"] != "too_short" for s in rows_])
+    for lo, hi in LENGTH_BUCKETS + ((LONG_ANSWER, None),):
+        rows_ = [s for s in samples if lo <= s["tokens"] and (hi is None or s["tokens"] <= hi)]
+        if rows_:
+            metrics[f"watermark.detect_rate.{_bucket(lo, hi)}"] = M.mean_ci([s["detected"] for s in rows_])
+    judged = [k < s["other_keys_detected"] for s in samples if s["verdict"] != "too_short" for k in range(OTHER_KEYS)]
+    if judged:
+        metrics["watermark.false_positive_rate.other_key"] = M.mean_ci(judged)
+    if cfg.get("sources"):
+        human = []
+        for h in _human_chunks(cfg, model.tokenizer):
+            r = detect_prepared(prepare(h["text"], model.tokenizer), key, config, alpha=alpha)
+            human.append({"task": "watermark.human", "id": f"{h['variety']}-{files.stable_hash(h['text']):016x}",
+                          "prompt": h["text"][:80], "variety": h["variety"], "tokens": r["tokens"],
+                          "verdict": r["verdict"], "p_value": r["p_value"], "detected": r["verdict"] == "watermarked",
+                          "score": float(r["verdict"] != "watermarked")})
+        judged = [s for s in human if s["verdict"] != "too_short"]
+        if judged:
+            metrics["watermark.false_positive_rate"] = M.mean_ci([s["detected"] for s in judged])
+            for variety in sorted({s["variety"] for s in judged}):
+                metrics[f"watermark.false_positive_rate.{variety}"] = M.mean_ci(
+                    [s["detected"] for s in judged if s["variety"] == variety])
+        samples += human
+    return metrics, samples
+
+
+# -- moderation: the gateway's guard on labelled requests ----------------------------------
+
+def _f1_ci(pred: list[bool], gold: list[bool], n_boot: int = 1000, seed: int = 0) -> dict:
+    """F1 of pred against gold, with a percentile-bootstrap interval over items."""
+    p, g = np.asarray(pred, bool), np.asarray(gold, bool)
+
+    def f1(tp, fp, fn):
+        return np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+
+    idx = np.random.default_rng(seed).integers(0, len(p), (n_boot, len(p)))
+    pb, gb = p[idx], g[idx]
+    boot = f1((pb & gb).sum(1), (pb & ~gb).sum(1), (~pb & gb).sum(1))
+    return {"value": float(f1((p & g).sum(), (p & ~g).sum(), (~p & g).sum())),
+            "ci_low": float(np.quantile(boot, 0.025)), "ci_high": float(np.quantile(boot, 0.975)), "n": len(p)}
+
+
+def _prf(prefix: str, pred: list[bool], gold: list[bool]) -> dict:
+    """prefix.precision (of what was flagged), prefix.recall (of the positives) and prefix.f1;
+    a rate with nothing to count (nothing flagged, no positive) is left out."""
+    out = {}
+    flagged = [g for p, g in zip(pred, gold) if p]
+    positives = [p for p, g in zip(pred, gold) if g]
+    if flagged:
+        out[f"{prefix}.precision"] = M.mean_ci(flagged)
+    if positives:
+        out[f"{prefix}.recall"] = M.mean_ci(positives)
+    if pred:
+        out[f"{prefix}.f1"] = _f1_ci(pred, gold)
+    return out
+
+
+def moderation(model, cfg: dict):
+    """The gateway's guard (hkllm/safety/guard.py, `policy` default recipes/safety/guard_policy.yaml)
+    on the labelled requests of `path` (default data/safety/moderation.jsonl), `split` test.
+    It does not use the model: the guard is the server's, so every model gets the same numbers.
+    It is in the suite so that a release records the guard it ships with (the guard's
+    fingerprint is in every sample).
+
+    A request counts as flagged when the guard's `flagged` is set; `harmful` items are the
+    positives, `risky` and `ordinary` ones the negatives. moderation.recall / .precision / .f1
+    overall and per language (moderation.recall.<lang>; moderation.recall.worst is the lowest);
+    moderation.over_flag_rate is the share of negatives flagged, per language and per label
+    (moderation.over_flag_rate.label.<label>). Per category, moderation.category.<c>.precision /
+    .recall / .f1 compare the guard's category flags with the item's categories, and .caught is
+    the share of the category's items flagged at all (what the user sees: refused or not)."""
+    from hkllm.safety.guard import guard_for
+
+    guard = guard_for(cfg.get("policy"))
+    split = cfg.get("split", "test")
+    items = [it for it in read_jsonl(cfg.get("path", "data/safety/moderation.jsonl"), ("id", "lang", "label", "text"))
+             if it.get("split", split) == split]
+    if not items:
+        raise UserError(f"{cfg.get('path', 'data/safety/moderation.jsonl')}: no items in split {split!r}")
+    samples = []
+    for it in items:
+        m = guard.check_text(it["text"])
+        harmful = it["label"] == "harmful"
+        samples.append({"task": "moderation", "id": it["id"], "prompt": it["text"], "lang": it["lang"],
+                        "label": it["label"], "categories": list(it.get("categories", [])), "flagged": m.flagged,
+                        "flagged_categories": sorted(c for c, f in m.categories.items() if f), "action": m.action,
+                        "guard": guard.model, "score": float(m.flagged == harmful)})
+    gold = [s["label"] == "harmful" for s in samples]
+    metrics = _prf("moderation", [s["flagged"] for s in samples], gold)
+    langs = sorted({s["lang"] for s in samples})
+    for lang in langs:
+        rows = [s for s in samples if s["lang"] == lang]
+        metrics.update(_prf(f"moderation.{lang}", [s["flagged"] for s in rows], [s["label"] == "harmful" for s in rows]))
+    for name in ("precision", "recall", "f1"):      # moderation.recall.yue rather than moderation.yue.recall
+        for lang in langs:
+            if f"moderation.{lang}.{name}" in metrics:
+                metrics[f"moderation.{name}.{lang}"] = metrics.pop(f"moderation.{lang}.{name}")
+    recalls = {lang: metrics[f"moderation.recall.{lang}"] for lang in langs if f"moderation.recall.{lang}" in metrics}
+    if recalls:
+        worst = min(recalls, key=lambda lang: recalls[lang]["value"])
+        metrics["moderation.recall.worst"] = {**recalls[worst], "lang": worst}
+    negatives = [s for s in samples if s["label"] != "harmful"]
+    if negatives:
+        metrics["moderation.over_flag_rate"] = M.mean_ci([s["flagged"] for s in negatives])
+        for lang in sorted({s["lang"] for s in negatives}):
+            metrics[f"moderation.over_flag_rate.{lang}"] = M.mean_ci([s["flagged"] for s in negatives if s["lang"] == lang])
+        for label in sorted({s["label"] for s in negatives}):
+            metrics[f"moderation.over_flag_rate.label.{label}"] = M.mean_ci(
+                [s["flagged"] for s in negatives if s["label"] == label])
+    for cat in sorted({c for s in samples for c in s["categories"]}):
+        metrics.update(_prf(f"moderation.category.{cat}", [cat in s["flagged_categories"] for s in samples],
+                            [cat in s["categories"] for s in samples]))
+        metrics[f"moderation.category.{cat}.caught"] = M.mean_ci([s["flagged"] for s in samples if cat in s["categories"]])
+    return metrics, samples
+
+
 # -- external benchmarks on disk ------------------------------------------------------------
 
 def _last_number(text: str) -> str | None:
@@ -349,4 +567,4 @@ def external(model, cfg: dict):
 
 
 TASKS = {"lm": lm, "knowledge": knowledge, "fidelity": fidelity, "translation": translation,
-         "consistency": consistency, "safety": safety, "chat": chat}
+         "consistency": consistency, "safety": safety, "chat": chat, "watermark": watermark, "moderation": moderation}

@@ -99,6 +99,7 @@ VARIANTS = ("raw", "s2hk", "t2hk")  # the text as given, and converted back to H
 GREEDY_BELOW = 1e-5                 # as the engine: a smaller temperature is greedy
 GREEN_STREAM, GUMBEL_STREAM = 1, 0
 WINDOW_SIZES = (32, 64, 128, 256, 512)
+GREEN_REACH_T = 20.0                # green list: logits beyond δ + 20·T below the best are left alone
 
 
 # ----------------------------------------------------------------------------------------- the key
@@ -300,6 +301,11 @@ class WatermarkConfig:
     gamma: float = 0.25                  # green: share of the vocabulary that is green under a context
     delta: float = 2.0                   # green: bias added to green logits (before temperature)
     green_context_width: int = 2         # green: h; small h survives edits and script conversion best
+    # green: the first answer tokens are left alone (and not scored). Their context is padding, the
+    # same for every answer, so one fixed green list would steer every opening; and an answer's
+    # first words decide the rest: SmolLM2 greedy "The capital of France is Paris." became
+    # "L'Étoile - la France…" with even δ = 1 at position 0. Gumbel is distortion-free: not needed.
+    green_skip_first: int = 2
     gumbel_context_width: int = 4        # gumbel: h; 4 = vLLM's default, so its output is detected too
     green_below_temperature: float = 0.5  # auto: green below this temperature (greedy included), Gumbel above
 
@@ -310,6 +316,8 @@ class WatermarkConfig:
             raise ValueError(f"gamma: expected a number in (0, 1), got {self.gamma}")
         if self.delta < 0:
             raise ValueError(f"delta: expected a number >= 0, got {self.delta}")
+        if not isinstance(self.green_skip_first, int) or not 0 <= self.green_skip_first <= 64:
+            raise ValueError(f"green_skip_first: expected an integer from 0 to 64, got {self.green_skip_first!r}")
         for name in ("green_context_width", "gumbel_context_width"):
             if not isinstance(getattr(self, name), int) or not 1 <= getattr(self, name) <= 16:
                 raise ValueError(f"{name}: expected an integer from 1 to 16, got {getattr(self, name)!r}")
@@ -381,17 +389,32 @@ class _Row:
 class _GreenRow(_Row):
     scheme = "green"
 
-    def __init__(self, config: WatermarkConfig, key: WatermarkKey):
+    def __init__(self, config: WatermarkConfig, key: WatermarkKey, temperature: float = 0.0):
         super().__init__()
         self._key, self._h, self._delta, self._threshold = key._value, config.green_context_width, \
             config.delta, config.threshold
+        self._skip = config.green_skip_first
+        # Only tokens within reach of the best logit can be chosen: greedy picks among those within
+        # δ of it; sampling at temperature T gives a token GREEN_REACH_T·T further down a weight
+        # below e^-GREEN_REACH_T (2e-9) of the best's even after its +δ. Their keyed words are the
+        # only ones computed (the whole vocabulary's cost 35% of a batch-8 decoding step per row).
+        self._reach = config.delta + GREEN_REACH_T * max(float(temperature), 0.0)
 
     def __call__(self, ids, logits):
         import torch
 
-        ctx = _context(self._generated(ids), self._h)
-        green = torch.from_numpy(_green_mask(self._key, self._threshold, ctx, logits.shape[-1]))
-        logits += green.to(device=logits.device, dtype=logits.dtype) * self._delta
+        generated = self._generated(ids)
+        if len(generated) < self._skip:
+            return logits
+        ctx = _context(generated, self._h)
+        candidates = torch.nonzero(logits >= logits.max() - self._reach).flatten()
+        if 4 * len(candidates) >= logits.shape[-1]:
+            green = torch.from_numpy(_green_mask(self._key, self._threshold, ctx, logits.shape[-1]))
+            logits += green.to(device=logits.device, dtype=logits.dtype) * self._delta
+            return logits
+        words = _token_words(self._key, ctx, candidates.cpu().numpy(), GREEN_STREAM)
+        chosen = candidates[torch.from_numpy(words < np.uint64(self._threshold)).to(candidates.device)]
+        logits[chosen] += self._delta
         return logits
 
 
@@ -465,7 +488,7 @@ def watermark_processor(config: WatermarkConfig, key: WatermarkKey, temperature:
     """
     scheme = config.scheme_for(temperature)
     if scheme == "green":
-        return _GreenRow(config, key)
+        return _GreenRow(config, key, temperature)
     if scheme == "gumbel":
         return _GumbelRow(config, key, temperature, top_p)
     return _Row()
@@ -489,12 +512,13 @@ def score_ids(ids: Sequence[int], key: WatermarkKey, config: WatermarkConfig, sc
               scorable: Sequence[bool] | None = None) -> Score:
     """Score a sequence of answer token ids under one scheme (no tokenizer, no conversion)."""
     h = config.context_width(scheme)
+    skip = config.green_skip_first if scheme == "green" else 0
     ids = [int(t) for t in ids]
     seen: set[tuple[int, ...]] = set()
     contexts, targets, positions = [], [], []
     padded = [-1] * h + ids
     for i, tok in enumerate(ids):
-        if scorable is not None and not scorable[i]:
+        if i < skip or (scorable is not None and not scorable[i]):
             continue
         ctx = tuple(padded[i:i + h])
         if ctx in seen:                    # a repeated context gives no new evidence: scored once

@@ -13,6 +13,7 @@ an unknown path or method (404, 405).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -31,7 +32,9 @@ from hkllm.serve.protocol import ApiError, ChatCompletionRequest, CompletionRequ
 log = logging.getLogger("hkllm.serve")
 
 
-def build_app(engine: Engine, settings: Settings) -> FastAPI:
+def build_app(engine: Engine, settings: Settings, extensions: tuple = ()) -> FastAPI:
+    """The server. `extensions`: callables `(app, gateway)` that add routes over the same gateway
+    (hkllm/app/web.py's `mount`); serve sits below them and does not import them."""
     gateway = Gateway(engine, settings)
 
     @contextlib.asynccontextmanager
@@ -118,8 +121,62 @@ def build_app(engine: Engine, settings: Settings) -> FastAPI:
             return gateway.stream(replies[0], fmt)
         return fmt.response(await gateway.collect_all(replies, request))
 
+    # -- safeguards ------------------------------------------------------------------------
+
+    @app.post("/v1/moderations")
+    async def moderations(request: Request):
+        """OpenAI's moderation endpoint, answered by the gateway's guard (its categories plus Hong Kong's)."""
+        gateway.authenticate(request)
+        texts = text_inputs(await json_body(request))
+        return await asyncio.to_thread(gateway.moderation_guard().moderate, texts)   # a guard model may be remote
+
+    @app.post("/v1/watermark/detect")
+    async def watermark_detect(request: Request):
+        """Is this text marked with this server's key? (hkllm/serve/watermark.py; never returns the key)."""
+        gateway.authenticate(request)
+        if gateway.watermark is None or gateway.watermark.tokenizer is None:
+            raise ApiError(501, "this server does not watermark its answers (--watermark off, or an upstream "
+                           "engine): nothing to detect", "unsupported")
+        body = await json_body(request)
+        alpha = body.get("alpha", 0.01)
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+            raise ApiError(400, "alpha: a number between 0 and 1", "invalid_request", "alpha")
+        return await asyncio.to_thread(gateway.watermark.detect, text_inputs(body), alpha)   # tokenizing: off the loop
+
+    for extend in extensions:          # e.g. 港文通 at /app, added by the `hkllm serve` command (hkllm/cli.py)
+        extend(app, gateway)
     paths.update(route.path for route in app.routes)
     return app
+
+
+async def json_body(request: Request) -> dict:
+    """A JSON object body, or a 400 naming what is wrong."""
+    try:
+        body = await request.json()
+    except ValueError as e:
+        raise ApiError(400, f"the request body is not valid JSON ({e})", "invalid_request") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object", "invalid_request")
+    return body
+
+
+MAX_TEXT_INPUTS, MAX_TEXT_CHARS = 64, 100_000     # per request to /v1/moderations and /v1/watermark/detect
+
+
+def text_inputs(body: dict) -> list[str]:
+    """The `input` field of a moderation or detection request: a string or a list of strings."""
+    texts = body.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise ApiError(400, "input: a string or a non-empty list of strings", "invalid_request", "input")
+    if len(texts) > MAX_TEXT_INPUTS:
+        raise ApiError(400, f"input: at most {MAX_TEXT_INPUTS} texts per request", "invalid_request", "input")
+    for i, t in enumerate(texts):
+        if len(t) > MAX_TEXT_CHARS:
+            raise ApiError(400, f"input.{i}: {len(t)} characters; at most {MAX_TEXT_CHARS}", "invalid_request",
+                           f"input.{i}")
+    return texts
 
 
 class BodyCheck:
@@ -128,14 +185,16 @@ class BodyCheck:
     UTF-8 is a 400. The body is read here once and handed on whole."""
 
     def __init__(self, app, gateway: Gateway, endpoint):
-        self.app, self.gateway, self.endpoint, self.limit = app, gateway, endpoint, gateway.max_body_bytes
+        self.app, self.gateway, self.endpoint = app, gateway, endpoint
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
+        upload = scope["path"] == "/app/api/upload"        # a document, not JSON: its own limit, not UTF-8
+        limit = self.gateway.settings.app_max_upload_bytes if upload else self.gateway.max_body_bytes
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self.refuse(scope, receive, send, self.too_large(int(declared)))
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await self.refuse(scope, receive, send, self.too_large(int(declared), limit))
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -143,13 +202,14 @@ class BodyCheck:
                 return
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
-            if size > self.limit:
-                return await self.refuse(scope, receive, send, self.too_large(None))
+            if size > limit:
+                return await self.refuse(scope, receive, send, self.too_large(None, limit))
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
         try:
-            body.decode("utf-8")
+            if not upload:
+                body.decode("utf-8")
         except UnicodeDecodeError as e:
             return await self.refuse(scope, receive, send, ApiError(
                 400, f"request body is not valid UTF-8 (byte {e.start}: {body[e.start:e.start + 1]!r})",
@@ -165,9 +225,9 @@ class BodyCheck:
 
         await self.app(scope, replay, send)
 
-    def too_large(self, size: int | None) -> ApiError:
-        told = f"is {size} bytes" if size is not None else f"is over {self.limit} bytes"
-        return ApiError(413, f"request body {told}; this server accepts at most {self.limit} bytes "
+    def too_large(self, size: int | None, limit: int) -> ApiError:
+        told = f"is {size} bytes" if size is not None else f"is over {limit} bytes"
+        return ApiError(413, f"request body {told}; this server accepts at most {limit} bytes "
                         "(--max-body-bytes)", "request_too_large")
 
     async def refuse(self, scope, receive, send, error: ApiError) -> None:

@@ -29,8 +29,8 @@ STATE_HELP = f"folder for keys.sqlite, cache.sqlite and audit.sqlite (default {S
 SETTING_FLAGS = {"state_dir": "state_dir", "consistency": "consistency", "cache_ttl": "cache_ttl_s",
                  "max_queue": "max_queue", "max_prompt_tokens": "max_prompt_tokens",
                  "max_output_tokens": "max_output_tokens", "request_timeout": "request_timeout_s", "rpm": "rpm",
-                 "tpm": "tpm", "guards": "guards", "max_body_bytes": "max_body_bytes"}
-SWITCHES = {"no_auth": "auth", "no_cache": "cache", "no_audit_prompts": "audit_prompts"}
+                 "tpm": "tpm", "guards": "guards", "max_body_bytes": "max_body_bytes", "watermark": "watermark"}
+SWITCHES = {"no_auth": "auth", "no_cache": "cache", "no_audit_prompts": "audit_prompts", "no_app": "app"}
 
 
 def _settings_class():
@@ -96,6 +96,8 @@ def _serve(args) -> int:
     if not settings.auth and not is_loopback(args.host):
         raise UserError(f"--no-auth is allowed only on a loopback address, not {args.host}; "
                         "create keys with `hkllm keys create` instead / 只可在本機位址停用金鑰")
+    if not is_loopback(args.host):
+        settings.app_secure_cookies = True     # 港文通's session cookie only over HTTPS (put a TLS proxy in front)
     if bool(args.model_dir) == bool(args.upstream):
         raise UserError("give either MODEL_DIR (embedded engine) or --upstream URL, not both / 請指定模型資料夾或上游伺服器其中之一")
     if args.upstream:
@@ -105,13 +107,15 @@ def _serve(args) -> int:
         from hkllm.serve.engine import LocalEngine
         engine = LocalEngine(args.model_dir, max_batch=args.max_batch, served_name=args.served_model_name,
                              threads=args.threads)
-    app = build_app(engine, settings)
+    app = build_app(engine, settings, args.extensions if settings.app else ())
     base = f"http://{args.host}:{args.port}/v1"
     print(f"hkllm serve: {engine.name} ({engine.kind}, version {engine.version}) at {base}\n"
           f"  consistency {'on' if settings.consistency else 'off'} · auth {'on' if settings.auth else 'off'} · "
           f"queue {settings.max_queue} · "
+          f"watermark {app.state.gateway.watermark.config_id if app.state.gateway.watermark else 'off'} · "
           f"state {settings.state_dir}/\n"
-          f"  try: curl {base}/chat/completions -H 'Content-Type: application/json'"
+          + (f"  港文通 document assistant: http://{args.host}:{args.port}/app\n" if settings.app else "")
+          + f"  try: curl {base}/chat/completions -H 'Content-Type: application/json'"
           + ("" if not settings.auth else ' -H "Authorization: Bearer $HKLLM_KEY"')
           + f" -d '{{\"model\": \"{engine.name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"你好\"}}]}}'",
           file=sys.stderr, flush=True)
@@ -146,6 +150,8 @@ def _audit(args) -> int:
     db = Path(args.state_dir) / "audit.sqlite"
     if not db.exists():
         raise UserError(f"{db}: no audit log here (start `hkllm serve --state-dir {args.state_dir}` first)")
+    if args.action == "verify":
+        return _audit_verify(db, args)
     try:
         since = parse_time(args.since) if args.since else None
         until = parse_time(args.until) if args.until else None
@@ -162,7 +168,40 @@ def _audit(args) -> int:
     return 0
 
 
-def add_parser(subparsers) -> None:
+def _audit_verify(db: Path, args) -> int:
+    import sqlite3
+
+    from hkllm.serve.audit import verify
+
+    anchor = None
+    if args.anchor:
+        seq, _, digest = args.anchor.partition(":")
+        if not (seq.isdigit() and len(digest) == 64):
+            raise UserError(f"--anchor {args.anchor}: expected SEQ:HASH as printed by `hkllm audit verify`")
+        anchor = (int(seq), digest.lower())
+    try:
+        report = verify(db, anchor)
+    except sqlite3.DatabaseError as e:
+        raise UserError(f"{db}: {e} (not an audit log?)") from e
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+        return 0 if report["ok"] else 1
+    head = report["head"]
+    legacy = f", {report['legacy_rows']} unchained legacy rows" if report["legacy_rows"] else ""
+    if report["ok"]:
+        at = f"head seq {head['seq']} hash {head['hash']}" if head else "no chained rows yet"
+        print(f"audit log intact / 審計記錄完整: {report['rows']} rows{legacy}, {at}")
+        if head:
+            print(f"record this anchor elsewhere and check later with --anchor {head['seq']}:{head['hash']}")
+        return 0
+    p = report["first_problem"]
+    where = f"seq {p['seq']}" + (f" (rowid {p['rowid']})" if p["rowid"] is not None else "")
+    print(f"audit log NOT intact / 審計記錄遭改動: {p['kind']} at {where}: {p['detail']}")
+    return 1
+
+
+def add_parser(subparsers, extensions: tuple = ()) -> None:
+    """`extensions`: what `hkllm serve` mounts beside the API (build_app), given by the command layer."""
     s = subparsers.add_parser("serve", help="OpenAI-compatible server: embedded engine or in front of vLLM/SGLang",
                               description=__doc__, formatter_class=_SettingsHelp)
     setting = dict(default=argparse.SUPPRESS)          # left out: Settings' default
@@ -199,11 +238,16 @@ def add_parser(subparsers) -> None:
     s.add_argument("--no-audit-prompts", action="store_true", help="keep prompts out of the audit log entirely")
     s.add_argument("--guards", type=_setting("guards"), **setting, metavar="YAML",
                    help="guard policy: request_guards and response_guards, run in order (hkllm/serve/guards.py)")
+    s.add_argument("--watermark", type=_setting("watermark"), choices=[True, False], metavar="{on,off}", **setting,
+                   help="mark every answer of the embedded engine with the key in the state folder (watermark.key, "
+                        "made on first start); clients cannot turn it off. Detect with `hkllm watermark detect` or "
+                        "POST /v1/watermark/detect")
     s.add_argument("--max-body-bytes", type=_setting("max_body_bytes"), **setting,
                    help="largest request body; more is a 413 before it is read "
                         "(default: 1 MiB + 32 bytes per token of the model's context)")
     s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
-    s.set_defaults(func=_serve)
+    s.add_argument("--no-app", action="store_true", help="serve the API only, without 港文通 at /app")
+    s.set_defaults(func=_serve, extensions=extensions)
 
     k = subparsers.add_parser("keys", help="create, list and revoke API keys for hkllm serve")
     k.add_argument("--state-dir", default=STATE_DIR, help=STATE_HELP)
@@ -219,7 +263,7 @@ def add_parser(subparsers) -> None:
         p.add_argument("--state-dir", default=argparse.SUPPRESS, help=STATE_HELP)
     k.set_defaults(func=_keys)
 
-    a = subparsers.add_parser("audit", help="export hkllm serve's audit log")
+    a = subparsers.add_parser("audit", help="export or verify hkllm serve's audit log")
     a.add_argument("--state-dir", default=STATE_DIR, help=STATE_HELP)
     as_ = a.add_subparsers(dest="action", required=True)
     e = as_.add_parser("export", help="requests as JSONL (prompts are stored redacted)")
@@ -227,4 +271,8 @@ def add_parser(subparsers) -> None:
     e.add_argument("--until", help="ISO date/time (exclusive)")
     e.add_argument("--out", help="file to write (default: stdout)")
     e.add_argument("--state-dir", default=argparse.SUPPRESS, help=STATE_HELP)
+    v = as_.add_parser("verify", help="check the hash chain; exit 1 at the first altered, inserted or deleted row")
+    v.add_argument("--anchor", metavar="SEQ:HASH", help="a head printed by an earlier verify, kept outside the server")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.add_argument("--state-dir", default=argparse.SUPPRESS, help=STATE_HELP)
     a.set_defaults(func=_audit)

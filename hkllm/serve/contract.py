@@ -95,6 +95,9 @@ class Engine(Protocol):
     default_temperature: float        # used when consistency mode is off and a client sends none
     default_top_p: float
 
+    # Optional: `runs_logits_processors = False` on an engine that cannot (an upstream). The gateway
+    # then attaches none (no watermark); such an engine refuses a request that carries one.
+
     async def chat(self, messages: list[dict], params: SamplingParams, stream: bool = True) -> Generation:
         """A chat answer to messages ({"role", "content"} dicts). `stream=False` is a hint that the
         client wants one answer at the end (an engine behind a network hop may ask for it in one piece)."""

@@ -1,18 +1,20 @@
 """The request path of `hkllm serve`: the same stages, in the same order, for both endpoints and
 for both kinds of answer (one JSON body, or an SSE stream).
 
-    validate → authenticate + limits → request guards → cache → engine → response guards → audit
+    validate → authenticate + limits → request guards → watermark → cache → engine → response guards → audit
 
 1. validate: the body's size and UTF-8 (app.py's BodyCheck, before anything parses it), its
    schema and the fields this server does not implement (protocol.py);
 2. authenticate + limits: the API key, its requests and tokens per minute, the model name and
    max_tokens against the server's limits (`admit`, `chat_request`, `completion_requests`);
 3. request guards: every request, structured, before the cache (guards.py; may refuse or rewrite);
+   then the watermark processor, last in the request's logits processors (watermark.py);
 4. cache: consistency mode's answers, keyed by everything that decides one, the guard policy included;
 5. engine: a bounded queue (429 when full), the prompt's length against the context (400), then
    the engine's Events (contract.py);
 6. response guards: the engine's Events before the client (may hold back, redact or stop);
-7. audit: metrics, token spend and one audit row per answer, in `flow`'s finally.
+7. audit: metrics, token spend and one audit row per answer, in `flow`'s finally, with the
+   watermark config id and the guards' verdicts (audit.py chains the rows by hash).
 
 Stages 3-6 build a Reply (`answer`); `flow` is the one event loop every answer goes through
 (first-token time, timeout, the outcome, the cache write, the audit row); `collect` drains it
@@ -34,6 +36,8 @@ from typing import AsyncIterator
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
+from hkllm.errors import UserError
+from hkllm.safety.guard import audit_scope
 from hkllm.serve.audit import AuditLog
 from hkllm.serve.cache import ResponseCache, cache_key
 from hkllm.serve.contract import Engine, ErrorEvent, Event, Generation, SamplingParams, missing_members
@@ -42,6 +46,7 @@ from hkllm.serve.keys import Key, KeyStore
 from hkllm.serve.limits import Admission, RateLimiter
 from hkllm.serve.metrics import Metrics
 from hkllm.serve.protocol import ApiError, ChatCompletionRequest, CompletionRequest, GenerationRequest, SamplingFields
+from hkllm.serve.watermark import Watermarker
 
 log = logging.getLogger("hkllm.serve")
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
@@ -67,6 +72,13 @@ class Settings:
     seed: int = 0                           # the fixed seed of consistency mode
     guards: str | Path | dict | GuardPolicy | None = None   # the guard policy: a YAML file (guards.py)
     max_body_bytes: int | None = None       # default: sized for the context window (default_max_body)
+    watermark: bool = True                  # mark every answer of the embedded engine (watermark.py)
+    watermark_config: dict | None = None    # hkllm.safety.watermark.WatermarkConfig fields (default: its defaults)
+    watermark_exempt_keys: tuple[str, ...] = ()   # key ids or names whose `"watermarking": false` is honoured
+    app: bool = True                        # 港文通 at /app (hkllm/app/web.py)
+    app_upload_ttl_days: float = 30.0       # uploads are hard-deleted with their index rows after this
+    app_max_upload_bytes: int = 20 << 20    # an upload (PDF, DOCX, HTML, text) over this is a 413
+    app_secure_cookies: bool = False        # Secure cookies (HTTPS only): `hkllm serve` sets it off loopback
 
 
 def default_max_body(max_model_len: int | None) -> int:
@@ -97,6 +109,8 @@ class Reply:
     outcome: Outcome
     cache_key: str | None
     start: float
+    watermark: str | None = None      # the audit row's watermark entry (config id:scheme, "none", "exempt")
+    guard_records: list = field(default_factory=list)   # the guards' verdicts, filled while the answer runs
     admitted: bool = False            # holds a place in the engine's queue until closed
     first: float | None = None        # when the first text (or the end) arrived
     abort: ApiError | None = None     # why `collect` cancelled it (504, 499)
@@ -131,9 +145,38 @@ class Gateway:
         self.admission = Admission(engine.max_batch + settings.max_queue)
         self.metrics = Metrics(engine.stats)
         self.guards = GuardPolicy.load(settings.guards)
-        self.fingerprint = "-".join(filter(None, (engine.version, engine.template_version, self.guards.version)))
+        self.watermark = self._watermarker(engine, settings)
+        self.fingerprint = "-".join(filter(None, (engine.version, engine.template_version, self.guards.version,
+                                                  self.watermark and self.watermark.config_id)))
         self.max_prompt = settings.max_prompt_tokens or engine.max_model_len
         self.max_body_bytes = settings.max_body_bytes or default_max_body(engine.max_model_len)
+
+    @staticmethod
+    def _watermarker(engine: Engine, settings: Settings) -> Watermarker | None:
+        if not settings.watermark:
+            return None
+        if not getattr(engine, "runs_logits_processors", True):
+            log.warning("watermark: the %s engine samples on its own; its answers are not marked here "
+                        "(turn on the upstream's own watermark, e.g. vLLM --watermark-config)", engine.kind)
+            return None
+        from hkllm.safety.watermark import WatermarkConfig
+
+        try:
+            config = WatermarkConfig.from_dict(settings.watermark_config or {})
+        except (TypeError, ValueError) as e:
+            raise UserError(f"watermark_config: {e}") from e
+        return Watermarker(settings.state_dir, getattr(engine, "tokenizer", None), config,
+                           tuple(settings.watermark_exempt_keys))
+
+    def moderation_guard(self):
+        """The guard POST /v1/moderations answers with: the request guard's own when the policy
+        runs one (hkllm.safety.guard:RequestModeration), else the default policy's."""
+        from hkllm.safety.guard import guard_for
+
+        for g in self.guards.request_guards:
+            if hasattr(g, "guard") and hasattr(g.guard, "moderate"):
+                return g.guard
+        return guard_for(None)
 
     # -- 2. authenticate + limits ------------------------------------------------------------
 
@@ -178,7 +221,8 @@ class Gateway:
         explicit = body.max_completion_tokens or body.max_tokens
         return GenerationRequest("chat", self.sampling(body, explicit, self.settings.default_max_tokens),
                                  messages=[{"role": m.role, "content": m.text()} for m in body.messages],
-                                 stream=body.stream, explicit_max=bool(explicit))
+                                 stream=body.stream, explicit_max=bool(explicit),
+                                 watermark_opt_out=_opts_out(body))
 
     def completion_requests(self, body: CompletionRequest) -> list[GenerationRequest]:
         if body.stream and (body.echo or body.logprobs is not None):
@@ -189,7 +233,8 @@ class Gateway:
             raise ApiError(400, "streaming supports one prompt", "unsupported", "stream")
         params = self.sampling(body, body.max_tokens, 16, logprobs=body.logprobs)
         return [GenerationRequest("completions", params, prompt=p, echo=body.echo, stream=body.stream,
-                                  explicit_max=body.max_tokens is not None) for p in prompts]
+                                  explicit_max=body.max_tokens is not None, watermark_opt_out=_opts_out(body))
+                for p in prompts]
 
     # -- 3-6. request guards → cache → engine → response guards ------------------------------
 
@@ -197,14 +242,26 @@ class Gateway:
         """A Reply whose Events are ready to flow: from the cache, or from the engine through the
         response guards. Raises ApiError for a refusal (guard, queue, length)."""
         start, audit_text = time.perf_counter(), request.text()
-        request = await self.guards.check(request, key)
-        ckey, hit = self.lookup(request)
+        records = audit_scope()            # the guards' verdicts for this request, for its audit row
+        try:
+            request = await self.guards.check(request, key)
+        except ApiError as e:
+            e.guard_records = records
+            raise
+        mark = None
+        if self.watermark:
+            request, mark = self.watermark.attach(request, request.watermark_opt_out, key)
+        if request.watermark_opt_out and mark != "exempt":
+            records.append({"watermark": "client opt-out dropped" if self.watermark else "watermark off"})
+        ckey, hit = self.lookup(request, mark)
         if hit:
-            return Reply(request, key, audit_text, [_replay(hit)], Outcome(cached=True), None, start)
+            return Reply(request, key, audit_text, [_replay(hit)], Outcome(cached=True), None, start,
+                         watermark=mark, guard_records=records)
         gen = await self.begin(request)
         layers = self.guards.wrap(gen.events, request, key)
         outcome = Outcome(text=gen.echo_text, prompt_tokens=gen.prompt_tokens or 0, logprobs=list(gen.echo_logprobs))
-        return Reply(request, key, audit_text, layers, outcome, ckey, start, admitted=True)
+        return Reply(request, key, audit_text, layers, outcome, ckey, start, admitted=True, watermark=mark,
+                     guard_records=records)
 
     async def answers(self, key: Key, requests: list[GenerationRequest]) -> list[Reply]:
         """`answer` for several prompts at once; if one is refused, the others are given back."""
@@ -217,21 +274,22 @@ class Gateway:
             raise failed[0]
         return replies
 
-    def cache_parts(self, r: GenerationRequest) -> dict:
+    def cache_parts(self, r: GenerationRequest, watermark: str | None = None) -> dict:
         """Everything that decides an answer, as the cache key is made of it."""
         p, s = r.params, self.settings
         common = dict(model=self.engine.version, max_tokens=p.max_tokens, stop=list(p.stop),
                       **({} if s.consistency else {"t": p.temperature, "p": p.top_p}),
-                      **({"guards": self.guards.version} if self.guards.version else {}))
+                      **({"guards": self.guards.version} if self.guards.version else {}),
+                      **({"watermark": watermark} if watermark else {}))
         if r.messages is not None:
             return dict(endpoint="chat", template=self.engine.template_version, messages=r.messages, **common)
         return dict(endpoint="completions", prompt=r.prompt, echo=r.echo, logprobs=p.logprobs, **common)
 
-    def lookup(self, request: GenerationRequest) -> tuple[str | None, dict | None]:
+    def lookup(self, request: GenerationRequest, watermark: str | None = None) -> tuple[str | None, dict | None]:
         """The consistency cache's key for a request and its cached answer, if any."""
         if not (self.settings.consistency and self.settings.cache):
             return None, None
-        ckey = cache_key(**self.cache_parts(request))
+        ckey = cache_key(**self.cache_parts(request, watermark))
         hit = self.cache.get(ckey)
         self.metrics.cache.labels("hit" if hit else "miss").inc()
         return ckey, hit
@@ -424,7 +482,8 @@ class Gateway:
                        endpoint=reply.request.endpoint, model=self.engine.name, model_version=self.fingerprint,
                        status=status, prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
                        latency_ms=round((now - start) * 1000, 2), ttft_ms=round((first - start) * 1000, 2) if first
-                       else None, cache_hit=out.cached, finish_reason=out.finish_reason, prompt=reply.audit_text)
+                       else None, cache_hit=out.cached, finish_reason=out.finish_reason, prompt=reply.audit_text,
+                       watermark=reply.watermark, guards=reply.guard_records or None)
 
     def record_error(self, endpoint: str, error: ApiError, key_id: str | None) -> None:
         """Metrics and, on the generation endpoints, the audit row of a request refused before
@@ -435,4 +494,9 @@ class Gateway:
         if endpoint in ENDPOINTS.values():
             self.audit.log(time=time.time(), request_id=uuid.uuid4().hex, key_id=key_id, endpoint=endpoint,
                            model=self.engine.name, model_version=self.fingerprint, status=error.status,
-                           cache_hit=False, finish_reason=error.code)
+                           cache_hit=False, finish_reason=error.code, guards=getattr(error, "guard_records", None))
+
+
+def _opts_out(body: SamplingFields) -> bool:
+    """The client sent `"watermarking": false` (honoured only for exempt keys: Watermarker.attach)."""
+    return (body.model_extra or {}).get("watermarking") is False

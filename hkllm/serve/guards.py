@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Protocol, runtime_checkable
 
 from hkllm.errors import UserError
+from hkllm.safety.guard import GuardRefusal
 from hkllm.serve.contract import ErrorEvent, Event, longest_stop_prefix
 from hkllm.serve.protocol import ApiError, GenerationRequest
 
@@ -235,9 +236,12 @@ class GuardPolicy:
     async def check(self, request: GenerationRequest, key: Key) -> GenerationRequest:
         """Every request guard in order; each sees the request as the ones before it left it."""
         for guard in self.request_guards:
-            changed = guard.check(request, key)
-            if inspect.isawaitable(changed):
-                changed = await changed
+            try:
+                changed = guard.check(request, key)
+                if inspect.isawaitable(changed):
+                    changed = await changed
+            except GuardRefusal as e:      # hkllm.safety's guards cannot raise ApiError (a layer above them)
+                raise refusal(e.message, e.param) from e
             if changed is not None:
                 request = changed
         return request

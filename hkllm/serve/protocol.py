@@ -28,6 +28,7 @@ class ApiError(Exception):
              503: "service_unavailable", 504: "timeout"}
 
     recorded = False      # its answer had begun and has its audit row already (gateway.collect sets it)
+    guard_records = None  # the guards' verdicts on a refused request, for its audit row (gateway.answer)
 
     def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
                  retry_after: float | None = None):
@@ -220,6 +221,7 @@ class GenerationRequest:
     echo: bool = False
     stream: bool = False
     explicit_max: bool = False                 # max_tokens came from the client: too long is a 400, not cut
+    watermark_opt_out: bool = False            # the client sent "watermarking": false (gateway.py decides)
 
     def text(self) -> str:
         """The request as one string (for the audit log and for guards that read text)."""

@@ -29,6 +29,7 @@ from hkllm.serve.protocol import ApiError
 
 class UpstreamEngine:
     kind = "upstream"
+    runs_logits_processors = False   # sampling happens upstream: no watermark or other processor here
     default_temperature, default_top_p = 1.0, 1.0   # OpenAI's defaults
 
     def __init__(self, base_url: str, api_key: str | None = None, served_name: str | None = None,

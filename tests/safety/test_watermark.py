@@ -355,3 +355,56 @@ def test_embedded_engine_marks_rows_of_one_batch_with_their_own_scheme(tiny):
     schemes = [detect(t, tiny[1], KEY, CONFIG) for t in texts]
     assert [r["verdict"] for r in schemes] == ["watermarked"] * 3, schemes
     assert [r["scheme"] for r in schemes] == ["green", "gumbel", "gumbel"]
+
+
+def test_model_generate_and_the_engine_make_the_same_marked_answer(tiny):
+    """transformers' generate with the processor adapted to its LogitsProcessor interface and the
+    embedded engine's per-row seam give the same greedy tokens, hence the same detection."""
+    from transformers import LogitsProcessorList
+
+    from hkllm.serve.engine import LocalEngine, SamplingParams
+
+    model, tok, allowed, folder = tiny
+    engine = LocalEngine(folder, max_batch=4)
+    prompt_ids = engine.encode_text(PROMPTS[0])
+
+    def adapted(procs):
+        def call(input_ids, scores):         # one row: the per-row processor on row 0
+            for p in procs:
+                scores[0] = p(input_ids[0].tolist(), scores[0])
+            return scores
+        return call
+
+    procs = (ban_fragments(allowed), watermark_processor(CONFIG, KEY, 0.0))
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=60, min_new_tokens=60, do_sample=False,
+                             logits_processor=LogitsProcessorList([adapted(procs)]), pad_token_id=tok.pad_token_id)
+    hf_text = tok.decode(out[0, len(prompt_ids):])
+
+    async def run():
+        params = SamplingParams(max_tokens=60, logits_processors=(ban_fragments(allowed),
+                                                                  watermark_processor(CONFIG, KEY, 0.0)))
+        return "".join([e.text async for e in engine.generate(prompt_ids, params)])
+
+    engine_text = asyncio.run(run())
+    assert engine_text == hf_text
+    a, b = detect(hf_text, tok, KEY, CONFIG), detect(engine_text, tok, KEY, CONFIG)
+    assert a["verdict"] == b["verdict"] == "watermarked" and a["p_value"] == b["p_value"]
+
+
+def test_green_bias_on_candidates_only_chooses_as_the_whole_vocabularys():
+    """The processor computes keyed words only for tokens within reach of the best logit: the
+    greedy choice must be the one the bias over the whole vocabulary gives."""
+    from hkllm.safety.watermark import _green_mask
+
+    torch.manual_seed(0)
+    prompt, vocab = list(range(10)), 4000
+    for trial in range(200):
+        logits = torch.randn(vocab) * (0.5 + trial % 5)
+        answer = [int(x) for x in torch.randint(0, vocab, (2 + trial % 4,))]
+        proc = watermark_processor(CONFIG, KEY, 0.0)
+        for n in range(len(answer) + 1):             # prefill, then one call per generated token
+            out = proc(prompt + answer[:n], logits.clone())
+        context = tuple(([-1] * CONFIG.green_context_width + answer)[-CONFIG.green_context_width:])
+        full = logits + torch.from_numpy(_green_mask(KEY._value, CONFIG.threshold, context, vocab)).float() * CONFIG.delta
+        assert int(out.argmax()) == int(full.argmax()), trial

@@ -74,7 +74,8 @@ class LiveServer:
 
 @pytest.fixture
 def serve(engine, tmp_path):
-    """serve(**settings) → a LiveServer with those Settings (state in tmp_path)."""
+    """serve(**settings) → a LiveServer with those Settings (state in tmp_path; no auth, no watermark
+    unless asked: Settings' own defaults are both on)."""
     from hkllm.serve.app import Settings, build_app
 
     servers = []
@@ -82,6 +83,8 @@ def serve(engine, tmp_path):
     def start(engine_=None, **settings):
         settings.setdefault("state_dir", tmp_path / f"state{len(servers)}")
         settings.setdefault("auth", False)
+        # Most tests here read the random model's own greedy output; test_watermark.py turns it on.
+        settings.setdefault("watermark", False)
         server = LiveServer(build_app(engine_ or engine, Settings(**settings)))
         servers.append(server)
         return server
