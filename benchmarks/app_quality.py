@@ -8,8 +8,14 @@ reference values (tests/app/test_templates.py) with the subject, facts and dates
 through the app's own prompt (tasks.draft), the model (embedded engine, greedy, as consistency
 mode serves), and tasks.assemble_draft. Reported: the share of drafts that pass every format rule
 of their template, the same over the rules the template's layout fills alone (reference line,
-salutation, numbering, signature block, 副本送, dates: target ≥ 95%), and, per rule, how often the
-model's prose broke it (Cantonese in formal text, Simplified or Taiwan forms, English spelling…).
+salutation, numbering, signature block, 副本送, dates: target ≥ 95%), per rule how often the
+model's prose broke it (Cantonese in formal text, Simplified or Taiwan forms, English spelling…),
+and the share whose prose is degenerate, which format rules do not check (read the drafts).
+
+Citations: the 63 questions of data/app/retrieval_questions.jsonl asked through tasks.ask over
+data/demo/docs + data/app/docs (one Library, as uploads): citation precision = the share of the
+answers' valid [n] whose passage belongs to the question's document and contains its answer; also
+the share of answers citing at all and of [n] that were never given.
 
 Rewrites: the yue → zh-hant pairs of data/eval/translation.jsonl (never trained on) through
 tasks.rewrite(text, "yue_to_written"): the share of outputs `hkllm text detect` labels zh-hant
@@ -57,6 +63,15 @@ def briefs(n: int) -> list[tuple[str, dict]]:
     return out
 
 
+def degenerate(answer: str) -> bool:
+    """What no format rule sees: U+FFFD (a character cut in two), one line repeated 3+ times, or a
+    phrase looping (under 30% distinct 4-character grams)."""
+    lines = [line.strip() for line in answer.splitlines() if line.strip()]
+    grams = [answer[i:i + 4] for i in range(max(0, len(answer) - 3))]
+    return ("\ufffd" in answer or any(lines.count(line) >= 3 for line in set(lines))
+            or (len(grams) >= 20 and len(set(grams)) / len(grams) < 0.3))
+
+
 async def answer_all(engine, conversations: list[list[dict]], max_tokens: int) -> list[str]:
     from hkllm.serve.contract import SamplingParams
 
@@ -72,6 +87,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--briefs", type=int, default=50)
     ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--questions", type=int, default=None, help="ask only the first N retrieval questions")
     ap.add_argument("--json", type=Path, help="also write the numbers and every draft here")
     args = ap.parse_args()
     import sacrebleu
@@ -83,7 +99,7 @@ def main() -> None:
     templates = load_all()
     work = briefs(args.briefs)
     answers = asyncio.run(answer_all(engine, [tasks.draft(t, v) for t, v in work], args.max_tokens))
-    drafts, broken, layout_ok, all_ok = [], Counter(), 0, 0
+    drafts, broken, layout_ok, all_ok, garbled = [], Counter(), 0, 0, 0
     for (tid, values), answer in zip(work, answers):
         d = tasks.assemble_draft(tid, values, answer)
         rules = [f["rule"] for f in d["failures"]]
@@ -91,16 +107,46 @@ def main() -> None:
         layout_ok += not layout
         all_ok += not rules
         broken.update(set(rules) - set(layout))
-        drafts.append({"template": tid, "answer": answer, "failures": rules})
+        bad = degenerate(answer)
+        garbled += bad
+        drafts.append({"template": tid, "answer": answer, "failures": rules, "degenerate": bad})
     n = len(work)
     print(f"model {args.model}: {n} draft briefs over {len(templates)} templates, greedy, ≤ {args.max_tokens} tokens\n")
     print("| drafts | share |\n|---|---:|")
     print(f"| pass every rule of their template | {all_ok / n:.2f} ({all_ok}/{n}) |")
     print(f"| pass the layout rules (what the template fills; target ≥ 0.95) | {layout_ok / n:.2f} ({layout_ok}/{n}) |")
     print(f"| empty answer (no paragraphs) | {sum(not a.strip() for a in answers) / n:.2f} |")
+    print(f"| prose degenerate (broken characters, a line 3+ times, or one phrase looping) | {garbled / n:.2f} |")
     print("\nRules the model's prose broke (drafts):\n\n| rule | drafts |\n|---|---:|")
     for rule, k in broken.most_common():
         print(f"| {rule} | {k} |")
+    from hkllm.app.retrieval import Library, normalize
+
+    library = Library()
+    for path in sorted([*(REPO / "data/demo/docs").iterdir(), *(REPO / "data/app/docs").iterdir()]):
+        library.add_file(path, owner="bench")
+    questions = [json.loads(line) for line in (REPO / "data/app/retrieval_questions.jsonl").read_text(encoding="utf-8")
+                 .splitlines() if line.strip()][:args.questions]
+    asked = [tasks.ask(library, "bench", q["query"], k=4, count_tokens=lambda t: len(engine.tokenizer.encode(t)),
+                       context_tokens=engine.max_model_len or 1024, answer_tokens=128) for q in questions]
+    replies = asyncio.run(answer_all(engine, [m for m, _ in asked], 128))
+    valid = right = citing = never = 0
+    for q, (_, hits), reply in zip(questions, asked, replies):
+        cites = tasks.check_citations(reply, hits)
+        citing += bool(cites)
+        by_n = {h.n: h for h in hits}
+        for c in cites:
+            if not c["exists"]:
+                never += 1
+                continue
+            valid += 1
+            h = by_n[c["n"]]
+            right += h.doc_name == q["doc"] and normalize(q["answer"]) in normalize(h.text)
+    total = valid + never
+    print(f"\nCitations ({len(questions)} questions asked of {len(library.documents(owner='bench'))} documents): "
+          f"answers citing [n] {citing / len(questions):.2f}; [n] never given {never}/{total}; "
+          f"citation precision {right / valid if valid else float('nan'):.2f} ({right}/{valid})")
+    print(f"- {questions[0]['query']} → {replies[0][:160]!r}")
     pairs = [json.loads(line) for line in (REPO / "data/eval/translation.jsonl").read_text(encoding="utf-8").splitlines()
              if line.strip()]
     pairs = [p for p in pairs if p["src_lang"] == "yue" and p["tgt_lang"] == "zh-hant"]

@@ -43,6 +43,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from hkllm.errors import UserError
+from hkllm.serve.app import json_body
 from hkllm.serve.contract import ErrorEvent
 from hkllm.serve.gateway import ANONYMOUS, Gateway
 from hkllm.serve.keys import Key
@@ -66,6 +67,7 @@ class Session:
 
 
 SESSION_TTL_S = 12 * 3600
+MAX_SESSIONS = 10_000          # in memory: a restart signs everyone out
 
 
 class DocumentApp:
@@ -108,6 +110,12 @@ class DocumentApp:
         return f"session:{hashlib.sha256(s.csrf.encode()).hexdigest()[:16]}" if s.secret is None else self.key(s).id
 
     def new_session(self, secret: str | None, lang: str) -> tuple[str, Session]:
+        now = time.time()
+        if len(self.sessions) >= MAX_SESSIONS:        # expired ones first, then the oldest
+            for old in [k for k, v in self.sessions.items() if now - v.created > SESSION_TTL_S]:
+                del self.sessions[old]
+            while len(self.sessions) >= MAX_SESSIONS:
+                del self.sessions[next(iter(self.sessions))]
         sid = secrets.token_urlsafe(32)
         s = self.sessions[sid] = Session(secret, secrets.token_urlsafe(24), lang)
         return sid, s
@@ -309,16 +317,6 @@ def headers(extra: dict | None = None) -> dict:
             "Cache-Control": "no-store", **(extra or {})}
 
 
-async def _json(request: Request) -> dict:
-    try:
-        body = json.loads(await request.body() or b"{}")
-    except ValueError as e:
-        raise ApiError(400, f"the request body is not valid JSON ({e})", "invalid_request") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object", "invalid_request")
-    return body
-
-
 def mount(app: FastAPI, gateway: Gateway) -> DocumentApp:
     """Add 港文通's routes to `hkllm serve`'s app."""
     from fastapi.staticfiles import StaticFiles
@@ -402,7 +400,7 @@ def mount(app: FastAPI, gateway: Gateway) -> DocumentApp:
     @app.post("/app/api/run", include_in_schema=False)
     async def run(request: Request):
         s = web.api_session(request)
-        return web.run(s, await _json(request))
+        return web.run(s, await json_body(request))
 
     @app.post("/app/api/upload", include_in_schema=False)
     async def upload(request: Request):
@@ -444,7 +442,7 @@ def mount(app: FastAPI, gateway: Gateway) -> DocumentApp:
     @app.post("/app/api/check", include_in_schema=False)
     async def check(request: Request):
         web.api_session(request)
-        text, rules, _ = _checked(await _json(request))
+        text, rules, _ = _checked(await json_body(request))
         from hkllm.app.tasks import failures
 
         return JSONResponse({"failures": failures(text, rules)}, headers=headers())
@@ -452,7 +450,7 @@ def mount(app: FastAPI, gateway: Gateway) -> DocumentApp:
     @app.post("/app/api/fix", include_in_schema=False)
     async def fix(request: Request):
         web.api_session(request)
-        body = await _json(request)
+        body = await json_body(request)
         text, rules, _ = _checked(body)
         if body.get("rule") not in rules:
             raise ApiError(400, "rule: not one of this template's rules", "invalid_request", "rule")
@@ -464,7 +462,7 @@ def mount(app: FastAPI, gateway: Gateway) -> DocumentApp:
     @app.post("/app/api/export", include_in_schema=False)
     async def export(request: Request):
         web.api_session(request)
-        text, _, template = _checked(await _json(request))
+        text, _, template = _checked(await json_body(request))
         data = docx_export.export(text, template)
         name = f"{template.id if template else 'document'}.docx"
         return Response(data, media_type="application/vnd.openxmlformats-officedocument.wordprocessingml.document",

@@ -275,6 +275,11 @@ def _vocab_words(key: int, context: tuple[int, ...], vocab_size: int, stream: in
 
 def _token_words(key: int, context: tuple[int, ...], tokens: np.ndarray, stream: int) -> np.ndarray:
     """The words of some tokens under one context (`_vocab_words` restricted to `tokens`)."""
+    if len(tokens) <= 16:                 # a few candidates (the usual case): Python ints beat numpy's call overhead
+        s0, s1, s2, s3 = _absorb_context(key, context)
+        k0, k1 = key & 0xFFFFFFFF, key >> 32
+        a, b = k0 ^ s3 ^ (stream >> 32), k1 ^ int(_TOKEN_DOMAIN) ^ (stream & 0xFFFFFFFF)
+        return np.array([_philox_scalar([int(t) >> 2, s0, s1, s2], a, b)[int(t) & 3] for t in tokens], dtype=np.uint64)
     s0, s1, s2, s3 = (np.uint64(w) for w in _absorb_context(key, context))
     k0, k1, st0, st1 = _key_words(key, stream)
     tok = np.asarray(tokens, dtype=np.int64).astype(np.uint64)
@@ -407,14 +412,17 @@ class _GreenRow(_Row):
         if len(generated) < self._skip:
             return logits
         ctx = _context(generated, self._h)
-        candidates = torch.nonzero(logits >= logits.max() - self._reach).flatten()
+        candidates = torch.nonzero(logits >= float(logits.max()) - self._reach).flatten().tolist()
         if 4 * len(candidates) >= logits.shape[-1]:
             green = torch.from_numpy(_green_mask(self._key, self._threshold, ctx, logits.shape[-1]))
             logits += green.to(device=logits.device, dtype=logits.dtype) * self._delta
             return logits
-        words = _token_words(self._key, ctx, candidates.cpu().numpy(), GREEN_STREAM)
-        chosen = candidates[torch.from_numpy(words < np.uint64(self._threshold)).to(candidates.device)]
-        logits[chosen] += self._delta
+        words = _token_words(self._key, ctx, candidates, GREEN_STREAM)
+        chosen = [t for t, w in zip(candidates, words.tolist()) if w < self._threshold]
+        if len(chosen) == 1:              # the usual case: one scalar write is cheaper than indexing
+            logits[chosen[0]] += self._delta
+        elif chosen:
+            logits[torch.tensor(chosen, device=logits.device)] += self._delta
         return logits
 
 
