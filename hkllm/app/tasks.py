@@ -430,13 +430,13 @@ def split_for_summary(text: str, context_tokens: int = DEFAULT_CONTEXT_TOKENS,
     return ["\n\n".join(g) for g in _pack(_cut(text, room, count_tokens), room, count_tokens)]
 
 
-def prepare_summary(text: str, complete: Complete, context_tokens: int = DEFAULT_CONTEXT_TOKENS,
-                    count_tokens: Callable[[str], int] = estimate_tokens, answer_tokens: int = DEFAULT_ANSWER_TOKENS,
-                    language: str | None = None, max_rounds: int = 8) -> dict:
-    """Everything of a summary but its last call: {"messages": the final call's messages (stream
-    them), "chunks": how many chunks the text was cut into, "rounds": model-call rounds including
-    the final one, "partials": the last round's partial summaries}. Calls `complete(messages)` for
-    every chunk (the map) and for every intermediate reduce round."""
+def summary_steps(text: str, context_tokens: int = DEFAULT_CONTEXT_TOKENS,
+                  count_tokens: Callable[[str], int] = estimate_tokens, answer_tokens: int = DEFAULT_ANSWER_TOKENS,
+                  language: str | None = None, max_rounds: int = 8):
+    """The summary's calls but its last, as a generator, so that a caller with a blocking model
+    (`prepare_summary`) and one with an async one (the web app, which also reports progress) run
+    the same algorithm. It yields (messages, index, total, round) for each call — `send` it the
+    model's answer — and returns `prepare_summary`'s dict."""
     if not text.strip():
         raise TaskError("nothing to summarise: the text is empty / 沒有需要撮要的文字")
     language = language or summary_language(text)
@@ -444,8 +444,9 @@ def prepare_summary(text: str, complete: Complete, context_tokens: int = DEFAULT
     if len(chunks) == 1:
         return {"messages": chunk_summary_messages(chunks[0], 1, 1, language), "chunks": 1, "rounds": 1,
                 "partials": []}
-    partials = [clean_answer(complete(chunk_summary_messages(c, i, len(chunks), language)))
-                for i, c in enumerate(chunks, 1)]
+    partials = []
+    for i, c in enumerate(chunks):
+        partials.append(clean_answer((yield chunk_summary_messages(c, i + 1, len(chunks), language), i, len(chunks), 1)))
     rounds = 1
 
     def fits(group: list[str]) -> bool:
@@ -467,7 +468,27 @@ def prepare_summary(text: str, complete: Complete, context_tokens: int = DEFAULT
             # (max_rounds is a guard against a tokenizer that defeats the halving: keep what fits.)
             return {"messages": summary_messages(groups[0], language), "chunks": len(chunks), "rounds": rounds,
                     "partials": groups[0]}
-        partials = [clean_answer(complete(summary_messages(g, language))) if len(g) > 1 else g[0] for g in groups]
+        partials = []
+        for i, g in enumerate(groups):
+            partials.append(clean_answer((yield summary_messages(g, language), i, len(groups), rounds))
+                            if len(g) > 1 else g[0])
+
+
+def prepare_summary(text: str, complete: Complete, context_tokens: int = DEFAULT_CONTEXT_TOKENS,
+                    count_tokens: Callable[[str], int] = estimate_tokens, answer_tokens: int = DEFAULT_ANSWER_TOKENS,
+                    language: str | None = None, max_rounds: int = 8) -> dict:
+    """Everything of a summary but its last call: {"messages": the final call's messages (stream
+    them), "chunks": how many chunks the text was cut into, "rounds": model-call rounds including
+    the final one, "partials": the last round's partial summaries}. Calls `complete(messages)` for
+    every chunk (the map) and for every intermediate reduce round."""
+    steps = summary_steps(text, context_tokens, count_tokens, answer_tokens, language, max_rounds)
+    answer = None
+    try:
+        while True:
+            messages, *_ = steps.send(answer)
+            answer = complete(messages)
+    except StopIteration as end:
+        return end.value
 
 
 def summarize(text: str, complete: Complete, context_tokens: int = DEFAULT_CONTEXT_TOKENS,

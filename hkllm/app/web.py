@@ -228,6 +228,8 @@ class DocumentApp:
                 yield _sse("done", {"text": text, **(finish(text) if text.strip() else {})})
             except ApiError as e:
                 yield _sse("error", {"message": e.message, "code": e.code, "status": e.status})
+            except UserError as e:         # a task's own check (an empty text, say)
+                yield _sse("error", {"message": str(e), "code": "invalid_request", "status": 400})
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers())
 
@@ -271,34 +273,26 @@ class DocumentApp:
         return found
 
     async def summarize(self, s: Session, name: str, text: str) -> AsyncIterator[str]:
-        """Map-reduce: each chunk summarized (not streamed: `progress` events), then the summary of
-        the summaries streamed; again over the partial summaries while they do not fit one call."""
+        """tasks.summary_steps driven by the gateway: each chunk summarized (not streamed: `progress`
+        events), then the summary of the summaries streamed."""
         from hkllm.app import tasks
 
-        language, n = tasks.summary_language(text), MAX_TOKENS["summarize"]
-        split = lambda t: tasks.split_for_summary(t, self.context_tokens, self.count_tokens, n, language)
-        chunks, rounds, final = split(text), 0, None
-        first = len(chunks)
-        while len(chunks) > 1:
-            if rounds == 8:
-                raise ApiError(400, "the document is too long to summarize / 文件太長，無法摘要", "too_long")
-            partials = []
-            for i, chunk in enumerate(chunks):
-                yield _sse("progress", {"done": i, "total": len(chunks), "round": rounds + 1})
-                messages = tasks.chunk_summary_messages(chunk, i + 1, len(chunks), language)
-                partials.append(await self.complete(s, messages, n))
-            rounds += 1
-            final = tasks.summary_messages(partials, language)
-            if tasks.messages_tokens(final, self.count_tokens) + n <= self.context_tokens:
-                break
-            chunks, final = split("\n\n".join(partials)), None
-        if final is None:                 # the text (or the partial summaries) fit one call
-            final = tasks.chunk_summary_messages(chunks[0], 1, 1, language)
+        n = MAX_TOKENS["summarize"]
+        steps = tasks.summary_steps(text, self.context_tokens, self.count_tokens, n)
+        answer = None
+        try:
+            while True:
+                messages, index, total, round_ = steps.send(answer)
+                yield _sse("progress", {"done": index, "total": total, "round": round_})
+                answer = await self.complete(s, messages, n)
+        except StopIteration as end:
+            plan = end.value
         summary = ""
-        async for piece in self.stream_chat(s, final, n):
+        async for piece in self.stream_chat(s, plan["messages"], n):
             summary += piece
             yield _sse("delta", {"text": piece})
-        yield _sse("done", {"text": summary, "document": None, "chunks": first, "rounds": rounds + 1, "name": name})
+        yield _sse("done", {"text": summary, "document": None, "chunks": plan["chunks"], "rounds": plan["rounds"],
+                            "name": name})
 
 
 def _sse(event: str, data: dict) -> str:

@@ -250,7 +250,7 @@ class Gateway:
             raise
         mark = None
         if self.watermark:
-            request, mark = self.watermark.attach(request, request.watermark_opt_out, key)
+            request, mark = self.watermark.attach(request, key)
         if request.watermark_opt_out and mark != "exempt":
             records.append({"watermark": "client opt-out dropped" if self.watermark else "watermark off"})
         ckey, hit = self.lookup(request, mark)

@@ -39,11 +39,11 @@ class Watermarker:
         self.tokenizer, self.exempt_keys = tokenizer, set(exempt_keys)
         self.config_id = self.config.config_id(self.key)
 
-    def attach(self, request: GenerationRequest, opt_out: bool = False, key=None) -> tuple[GenerationRequest, str]:
+    def attach(self, request: GenerationRequest, key=None) -> tuple[GenerationRequest, str]:
         """The request with its watermark processor last, and what the audit row records: the
         config id, "exempt" (an exempt key asked for no watermark) or "none" (greedy under a
         Gumbel-only config: nothing to mark)."""
-        if opt_out and key is not None and (key.id in self.exempt_keys or key.name in self.exempt_keys):
+        if request.watermark_opt_out and key is not None and (key.id in self.exempt_keys or key.name in self.exempt_keys):
             return request, "exempt"
         p = request.params
         proc = watermark_processor(self.config, self.key, p.temperature, top_p=p.top_p)
