@@ -1,6 +1,8 @@
-"""Gateway overhead: `hkllm serve --upstream` in front of a second hkllm vs calling that one directly.
+"""Gateway overhead: `hkllm serve --upstream` in front of a second hkllm (or llama.cpp's
+llama-server) vs calling that one directly.
 
     .venv/bin/python benchmarks/serve_gateway.py [--model runs/quickstart/cpt] [--requests 60]
+    .venv/bin/python benchmarks/serve_gateway.py --llama-server PATH/TO/llama-server
 
 Requests alternate direct / through the gateway, one at a time (streamed, greedy, 32 tokens,
 caches off), so slow drifts of this noisy machine hit both paths alike. Prints the p50
@@ -20,7 +22,7 @@ import time
 from pathlib import Path
 
 from openai import OpenAI
-from servers import BIN, DEFAULT_MODEL, REPO, check_model, free_port, hkllm_serve, server
+from servers import BIN, DEFAULT_MODEL, REPO, check_model, free_port, hkllm_serve, llama_server, server
 
 PROMPTS = ["香港有幾多個區？", "點樣申請公共圖書館借書證？", "What does typhoon signal No. 8 mean?", "八達通可以喺邊度增值？"]
 
@@ -39,10 +41,15 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--requests", type=int, default=60)
     ap.add_argument("--engine-threads", type=int, default=1)
+    ap.add_argument("--llama-server", default=None,
+                    help="put llama.cpp's llama-server (this binary, on the model's GGUF) behind the gateway instead")
     args = ap.parse_args()
     model = check_model(args.model.resolve())
     backend_port, gw_port = free_port(), free_port()
-    with hkllm_serve(model, backend_port, "--no-cache", "--threads", str(args.engine_threads)) as (backend, _):
+    backend_server = (llama_server(args.llama_server, model, backend_port, args.engine_threads, 2) if args.llama_server
+                      else hkllm_serve(model, backend_port, "--no-cache", "--threads", str(args.engine_threads)))
+    print(f"behind the gateway: {'llama-server' if args.llama_server else 'hkllm serve'}")
+    with backend_server as (backend, _):
         with server([str(BIN / "hkllm"), "serve", "--upstream", backend, "--port", str(gw_port), "--no-auth",
                      "--no-cache", "--state-dir", str(REPO / f"runs/bench_state_{gw_port}")], gw_port) as (gateway, _):
             paths = {"direct": OpenAI(base_url=backend, api_key="none"), "gateway": OpenAI(base_url=gateway, api_key="none")}

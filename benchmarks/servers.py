@@ -62,3 +62,20 @@ def server(argv: list[str], port: int, ready_path: str = "/v1/models", timeout: 
 def hkllm_serve(model: Path, port: int, *extra: str):
     return server([str(BIN / "hkllm"), "serve", str(model), "--port", str(port), "--no-auth",
                    "--state-dir", str(REPO / f"runs/bench_state_{port}"), *extra], port)
+
+
+def gguf_for(model: Path) -> Path:
+    """The model as llama.cpp reads it (`hkllm export gguf --type f32`: greedy tokens equal to
+    transformers'), exported once into runs/bench_gguf/."""
+    out = REPO / f"runs/bench_gguf/{model.parent.name}-{model.name}-f32.gguf"
+    if not out.exists():
+        subprocess.run([str(BIN / "hkllm"), "export", "gguf", str(model), "--out", str(out), "--type", "f32"],
+                       check=True)
+    return out
+
+
+def llama_server(binary: str, model: Path, port: int, threads: int, slots: int):
+    """llama.cpp's server on `model`'s GGUF: `slots` sequences decoded together, each with 1024
+    positions of context."""
+    return server([binary, "-m", str(gguf_for(model)), "--host", "127.0.0.1", "--port", str(port), "-t", str(threads),
+                   "-np", str(slots), "-c", str(slots * 1024), "--no-warmup"], port, ready_path="/health")

@@ -405,6 +405,58 @@ class _GreenRow(_Row):
         # only ones computed (the whole vocabulary's cost 35% of a batch-8 decoding step per row).
         self._reach = config.delta + GREEN_REACH_T * max(float(temperature), 0.0)
 
+    @property
+    def batch_kind(self) -> tuple:
+        """Rows whose green processors share this are marked in one `apply_batch` call."""
+        return ("green", self._key, self._h, self._delta, self._threshold, self._skip)
+
+    def _row_context(self, ids) -> tuple[int, ...] | None:
+        """The context of the next token, or None while inside the first `green_skip_first` tokens.
+        Reads only the tail of `ids` (the engine's list grows by a token per step)."""
+        if self._prompt_len is None or len(ids) != self._last + 1:
+            self._prompt_len = len(ids)
+        self._last = len(ids)
+        made = len(ids) - self._prompt_len
+        if made < self._skip:
+            return None
+        tail = tuple(ids[len(ids) - min(made, self._h):]) if made else ()
+        return (-1,) * (self._h - len(tail)) + tail
+
+    @classmethod
+    def apply_batch(cls, procs: list[_GreenRow], ids_per_row: list, logits: torch.Tensor, rows: list[int]) -> None:
+        """What `__call__` does to each row, for many rows at once: the candidates of every row in
+        one comparison, the keyed words of all (row, candidate) pairs in one vectorised Philox."""
+        import torch
+
+        live = [(row, p, ctx) for row, p, ids in zip(rows, procs, ids_per_row)
+                if (ctx := p._row_context(ids)) is not None]
+        if not live:
+            return
+        index = torch.tensor([row for row, _, _ in live])
+        sub = logits[index]
+        reach = torch.tensor([p._reach for _, p, _ in live], dtype=sub.dtype)
+        near = sub >= sub.max(dim=-1, keepdim=True).values - reach[:, None]
+        counts = near.sum(dim=-1).tolist()
+        first = live[0][1]
+        wide = [i for i, c in enumerate(counts) if 4 * c >= sub.shape[-1]]     # rare: whole-vocabulary mask
+        for i in wide:
+            green = torch.from_numpy(_green_mask(first._key, first._threshold, live[i][2], sub.shape[-1]))
+            logits[live[i][0]] += green.to(dtype=logits.dtype) * first._delta
+            near[i] = False
+        pairs = near.nonzero()                                 # (row in `live`, token)
+        if not len(pairs):
+            return
+        at, tokens = pairs[:, 0].numpy(), pairs[:, 1].numpy()
+        if len(pairs) <= 16:      # few candidates in all (greedy, few rows): Python ints beat numpy's overhead
+            words = np.concatenate([_token_words(first._key, live[i][2], tokens[at == i], GREEN_STREAM)
+                                    for i in sorted(set(at.tolist()))])
+        else:
+            contexts = np.array([ctx for _, _, ctx in live], dtype=np.int64)[at]
+            words = philox_uint32(first._key, contexts, tokens, GREEN_STREAM)
+        green = words < np.uint64(first._threshold)
+        if green.any():
+            logits[index[torch.from_numpy(at[green])], torch.from_numpy(tokens[green])] += first._delta
+
     def __call__(self, ids, logits):
         import torch
 

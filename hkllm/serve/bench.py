@@ -1,7 +1,8 @@
 """`hkllm bench serve --base-url URL --concurrency 1,8,32 --requests N`: load-test any
 OpenAI-compatible server (hkllm serve, vLLM, SGLang, llama-server, transformers serve).
 
-Per concurrency level it sends N streaming chat requests, at most C at a time, and reports the
+Per concurrency level it sends N chat requests (streamed; `--no-stream` for whole answers;
+`--ignore-eos` for answers of exactly --max-tokens), at most C at a time, and reports the
 quantities `vllm bench serve` reports:
 - TTFT: send → first content token;  ITL: gaps between streamed content chunks;
 - TPOT: (E2E − TTFT) / (output tokens − 1);  E2E: send → last byte;
@@ -43,6 +44,25 @@ DEFAULT_PROMPTS = [
 ]
 
 
+@dataclass(frozen=True)
+class Shape:
+    """What every request of a run asks for. `ignore_eos` (vLLM's, SGLang's and llama-server's
+    field) makes every answer exactly max_tokens long, so servers are compared on equal work;
+    `stream=False` asks for one JSON answer (TTFT is then the whole answer's time)."""
+    max_tokens: int = 64
+    stream: bool = True
+    ignore_eos: bool = False
+
+    def body(self, model: str, prompt: str) -> dict:
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": self.max_tokens,
+                "temperature": 0}
+        if self.stream:
+            body.update(stream=True, stream_options={"include_usage": True})
+        if self.ignore_eos:
+            body["ignore_eos"] = True
+        return body
+
+
 @dataclass
 class Result:
     ok: bool
@@ -78,18 +98,23 @@ def token_arrived(result: Result, now: float, start: float, last: float | None) 
     return now
 
 
-async def one_request(client, model: str, prompt: str, max_tokens: int) -> Result:
+async def one_request(client, model: str, prompt: str, shape: Shape) -> Result:
     import openai
 
     start = time.perf_counter()
     last = None
     result = Result(ok=False)
+    body = shape.body(model, prompt)
+    extra = {"ignore_eos": body.pop("ignore_eos")} if "ignore_eos" in body else None
     try:
-        stream = await client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0,
-            stream=True, stream_options={"include_usage": True})
+        response = await client.chat.completions.create(**body, extra_body=extra)
+        if not shape.stream:
+            result.e2e = result.ttft = time.perf_counter() - start
+            result.output_tokens = response.usage.completion_tokens if response.usage else 0
+            result.ok, result.status = True, 200
+            return result
         usage_tokens = None
-        async for chunk in stream:
+        async for chunk in response:
             now = time.perf_counter()
             if chunk.usage is not None:
                 usage_tokens = chunk.usage.completion_tokens
@@ -155,20 +180,19 @@ class RawClient:
         self.path = url.path + "/chat/completions"
         self.api_key, self.timeout = api_key, timeout
 
-    async def one_request(self, model: str, prompt: str, max_tokens: int) -> Result:
+    async def one_request(self, model: str, prompt: str, shape: Shape) -> Result:
         start = time.perf_counter()
         result = Result(ok=False)
         try:
-            await asyncio.wait_for(self._stream(model, prompt, max_tokens, start, result), self.timeout)
+            await asyncio.wait_for(self._stream(model, prompt, shape, start, result), self.timeout)
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError):
             result.ok = False  # refused, cut short or malformed: a failure, counted as "None" unless refused
             if result.status == 200:
                 result.status = None
         return result
 
-    async def _stream(self, model: str, prompt: str, max_tokens: int, start: float, result: Result) -> None:
-        body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-                           "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}).encode()
+    async def _stream(self, model: str, prompt: str, shape: Shape, start: float, result: Result) -> None:
+        body = json.dumps(shape.body(model, prompt)).encode()
         reader, writer = await asyncio.open_connection(self.host, self.port, ssl=self.ssl or None)
         try:
             writer.write((f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
@@ -178,9 +202,12 @@ class RawClient:
             await writer.drain()
             status, headers = await _read_http_head(reader)
             result.status = status
-            if status != 200:
-                async for _ in _body_chunks(reader, headers):
-                    pass
+            if status != 200 or not shape.stream:
+                whole = b"".join([data async for data in _body_chunks(reader, headers)])
+                if status == 200:
+                    result.e2e = result.ttft = time.perf_counter() - start
+                    result.output_tokens = json.loads(whole)["usage"]["completion_tokens"]
+                    result.ok = True
                 return
             buffer, last, usage_tokens = b"", None, None
             async for data in _body_chunks(reader, headers):
@@ -220,7 +247,7 @@ async def _probe_lag(lag: list[float], done: asyncio.Event) -> None:
 
 
 async def run_level(base_url: str, api_key: str, model: str, prompts: list[str], concurrency: int, requests: int,
-                    max_tokens: int, timeout: float, client_kind: str = "openai", offset: int = 0,
+                    shape: Shape, timeout: float, client_kind: str = "openai", offset: int = 0,
                     lag: list[float] | None = None) -> tuple[list[Result], float]:
     if client_kind == "raw":
         raw = RawClient(base_url, api_key, timeout)
@@ -230,15 +257,15 @@ async def run_level(base_url: str, api_key: str, model: str, prompts: list[str],
 
         client = AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
 
-        def send(model, prompt, max_tokens):
-            return one_request(client, model, prompt, max_tokens)
+        def send(model, prompt, shape):
+            return one_request(client, model, prompt, shape)
 
         close = client.close
     gate = asyncio.Semaphore(concurrency)
 
     async def limited(i: int) -> Result:
         async with gate:
-            return await send(model, prompts[(offset + i) % len(prompts)], max_tokens)
+            return await send(model, prompts[(offset + i) % len(prompts)], shape)
 
     done = asyncio.Event()
     probe = asyncio.create_task(_probe_lag(lag if lag is not None else [], done))
@@ -276,11 +303,11 @@ def _split(total: int, parts: int) -> list[int]:
 
 
 def run_clients(base_url: str, api_key: str, model: str, prompts: list[str], concurrency: int, requests: int,
-                max_tokens: int, timeout: float, client_kind: str, clients: int) -> dict:
+                shape: Shape, timeout: float, client_kind: str, clients: int) -> dict:
     """The level run by `clients` processes (in this one when 1), each with its share of the
     concurrency and requests; results merged, CPU per process kept."""
     if clients <= 1:
-        parts = [_measured_level(base_url, api_key, model, prompts, concurrency, requests, max_tokens, timeout,
+        parts = [_measured_level(base_url, api_key, model, prompts, concurrency, requests, shape, timeout,
                                  client_kind, 0)]
     else:
         clients = min(clients, concurrency, requests)
@@ -288,7 +315,7 @@ def run_clients(base_url: str, api_key: str, model: str, prompts: list[str], con
         barrier, queue = ctx.Barrier(clients), ctx.Queue()
         procs, offset = [], 0
         for c, n in zip(_split(concurrency, clients), _split(requests, clients)):
-            args = (base_url, api_key, model, prompts, c, n, max_tokens, timeout, client_kind, offset)
+            args = (base_url, api_key, model, prompts, c, n, shape, timeout, client_kind, offset)
             procs.append(ctx.Process(target=_worker, args=(args, barrier, queue), daemon=True))
             offset += n
         for proc in procs:
@@ -389,16 +416,17 @@ def list_models(base_url: str, api_key: str, timeout: float = 30) -> list[str]:
 def bench(base_url: str, concurrency: list[int], requests: int, model: str | None = None, api_key: str = "none",
           max_tokens: int = 64, prompts: list[str] | None = None, slo_ttft_ms: float = 1000, slo_tpot_ms: float = 100,
           timeout: float = 120, client: str = "openai", clients: int = 1, client_cpu_warn: float = 0.5,
-          client_lag_warn_ms: float = 10.0) -> list[dict]:
+          client_lag_warn_ms: float = 10.0, stream: bool = True, ignore_eos: bool = False) -> list[dict]:
     if client not in ("openai", "raw"):
         raise ValueError(f"client must be 'openai' or 'raw', not {client!r}")
     if model is None:
         model = list_models(base_url, api_key)[0]
+    shape = Shape(max_tokens, stream, ignore_eos)
     rows = []
     for c in concurrency:
-        level = run_clients(base_url, api_key, model, prompts or DEFAULT_PROMPTS, c, requests, max_tokens, timeout,
+        level = run_clients(base_url, api_key, model, prompts or DEFAULT_PROMPTS, c, requests, shape, timeout,
                             client, clients)
-        row = {"model": model, **summarize(level["results"], level["wall"], c, slo_ttft_ms / 1000, slo_tpot_ms / 1000)}
+        row = {"model": model, "stream": stream, **summarize(level["results"], level["wall"], c, slo_ttft_ms / 1000, slo_tpot_ms / 1000)}
         tokens = sum(r.output_tokens for r in level["results"] if r.ok)
         row["client"] = client_report(level["cpu"], level["wall"], tokens, client, client_cpu_warn, level["lag"],
                                       client_lag_warn_ms)
@@ -413,7 +441,8 @@ def _run(args) -> int:
                    for line in Path(args.prompts).read_text(encoding="utf-8").splitlines() if line.strip()]
     rows = bench(args.base_url, [int(c) for c in args.concurrency.split(",")], args.requests, args.model, args.api_key,
                  args.max_tokens, prompts, args.slo_ttft_ms, args.slo_tpot_ms, client=args.client, clients=args.clients,
-                 client_cpu_warn=args.client_cpu_warn, client_lag_warn_ms=args.client_lag_warn_ms)
+                 client_cpu_warn=args.client_cpu_warn, client_lag_warn_ms=args.client_lag_warn_ms,
+                 stream=not args.no_stream, ignore_eos=args.ignore_eos)
     print(render(rows))
     out = Path(args.out)
     write_atomic(out, json.dumps(rows, ensure_ascii=False, indent=1))
@@ -435,6 +464,11 @@ def add_parser(subparsers) -> None:
     s.add_argument("--model", default=None, help="model name (default: the first from /v1/models)")
     s.add_argument("--api-key", default="none")
     s.add_argument("--max-tokens", type=int, default=64)
+    s.add_argument("--ignore-eos", action="store_true",
+                   help="every answer exactly --max-tokens long (the server must know vLLM's ignore_eos field): "
+                        "servers compared on equal work")
+    s.add_argument("--no-stream", action="store_true",
+                   help="one JSON answer per request instead of a token stream (TTFT = the answer's time)")
     s.add_argument("--prompts", default=None, help="file of prompts: one per line, or JSONL with a 'prompt' field")
     s.add_argument("--slo-ttft-ms", type=float, default=1000, help="goodput SLO on time to first token (default 1000)")
     s.add_argument("--slo-tpot-ms", type=float, default=100, help="goodput SLO on time per output token (default 100)")

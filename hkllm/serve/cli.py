@@ -106,7 +106,7 @@ def _serve(args) -> int:
     else:
         from hkllm.serve.engine import LocalEngine
         engine = LocalEngine(args.model_dir, max_batch=args.max_batch, served_name=args.served_model_name,
-                             threads=args.threads)
+                             threads=args.threads, decoder=args.decoder)
     app = build_app(engine, settings, args.extensions if settings.app else ())
     base = f"http://{args.host}:{args.port}/v1"
     print(f"hkllm serve: {engine.name} ({engine.kind}, version {engine.version}) at {base}\n"
@@ -114,6 +114,7 @@ def _serve(args) -> int:
           f"queue {settings.max_queue} · "
           f"watermark {app.state.gateway.watermark.config_id if app.state.gateway.watermark else 'off'} · "
           f"state {settings.state_dir}/\n"
+          + (f"  engine: {engine.runtime}\n" if getattr(engine, "runtime", None) else "")
           + (f"  港文通 document assistant: http://{args.host}:{args.port}/app\n" if settings.app else "")
           + f"  try: curl {base}/chat/completions -H 'Content-Type: application/json'"
           + ("" if not settings.auth else ' -H "Authorization: Bearer $HKLLM_KEY"')
@@ -224,7 +225,12 @@ def add_parser(subparsers, extensions: tuple = ()) -> None:
     s.add_argument("--cache-ttl", type=_setting("cache_ttl_s"), **setting, help="seconds a cached answer stays valid")
     s.add_argument("--max-batch", type=int, default=32, help="requests decoded together (default 32)")
     s.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for the embedded engine (default: all cores but one, kept for HTTP)")
+                   help="torch threads for the embedded engine (default: timed at start, for small and large "
+                        "batches; a light model's large batches leave one core to HTTP)")
+    s.add_argument("--decoder", choices=("auto", "transformers"), default="auto",
+                   help="auto: Llama-family models (Llama, Qwen2, Mistral, SmolLM2) through hkllm's written-out "
+                        "forward pass over per-row KV slots, checked against transformers at start; "
+                        "transformers: its own forward for every model (slower per step)")
     s.add_argument("--max-queue", type=_setting("max_queue"), **setting,
                    help="requests that may wait beyond the batch; more get 429 + Retry-After")
     s.add_argument("--max-prompt-tokens", type=_setting("max_prompt_tokens"), **setting,

@@ -32,6 +32,13 @@ if TYPE_CHECKING:
 
 # (token ids so far: the prompt's and those generated, logits of the next token) -> logits.
 # Called once per decoding step for its row only, at prefill too; it may change `logits` in place.
+# `ids` is the engine's own list, growing by one token per step: read it, never change it.
+#
+# Optionally batched: a processor with a `batch_kind` (hashable) whose class has
+#     apply_batch(processors, ids_per_row, logits, rows) -> None
+# is called once per step for every row whose processor at the same place in its list has the same
+# kind, changing rows `rows` of the batch's `logits` in place, as calling each row's processor would
+# (the watermark does this: one vectorised hash for the batch instead of a Python call per row).
 LogitsProcessor = Callable[[list[int], "torch.Tensor"], "torch.Tensor"]
 
 
@@ -43,6 +50,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     logprobs: int | None = None       # top-k alternatives per generated token (completions API)
+    ignore_eos: bool = False          # decode past end-of-turn to max_tokens (vLLM's and llama-server's field: benchmarks)
     # Per-row logits processors, applied in order before sampling, at prefill and at every decoding step.
     # Returned logprobs are those AFTER processing (and before temperature/top-p): the distribution the
     # token was drawn from, so a greedy token is always its own top alternative and a banned token shows

@@ -5,9 +5,11 @@
         print(event.text, end="")
 
 One worker thread owns the model. Between two decoding steps it takes
-waiting requests (up to `max_batch` rows in all), prefills them together (left-padded) and
-joins them to the running batch by left-padding the shorter KV cache: continuous batching at
-step granularity. Every row has its own temperature, top-p, seed, stop strings, token budget
+waiting requests (up to `max_batch` rows in all), prefills them together and adds them to the
+running batch: continuous batching at step granularity. The forward passes and the KV cache are a
+decoder's (decoders.py: Llama-family models written out over per-row cache slots, anything else
+through transformers' forward); the torch thread count for small and large batches is timed at
+start. Every row has its own temperature, top-p, seed, stop strings, token budget
 and logits processors, and streams its text back to the asyncio loop as it goes; rows that
 finish (or whose client went away) leave the batch at once. benchmarks/serve_capacity.py
 measures this against transformers' own continuous batching (`transformers serve --continuous-batching`).
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -35,6 +38,8 @@ import torch
 
 # The contract's types, re-exported: callers have always imported them from here.
 from hkllm.serve.contract import ErrorEvent, Event, Generation, SamplingParams, longest_stop_prefix  # noqa: F401
+
+log = logging.getLogger("hkllm.serve")
 
 GREEDY_BELOW = 1e-5       # a temperature this small is greedy (dividing by it would overflow), as in vLLM
 
@@ -63,16 +68,20 @@ class _Sequence:
     sent: int = 0                      # characters of decoded text already streamed
     cancelled: bool = False
     finished: bool = False
+    ids: list[int] = field(default_factory=list)    # prompt + generated, what logits processors read
+    text: str = ""                     # the decoded answer up to token `read` (see LocalEngine._decoded)
+    prefix: int = 0
+    read: int = 0
+
+    def __post_init__(self):
+        self.ids = list(self.prompt_ids)
 
 
 @dataclass
 class _Batch:
-    """The rows being decoded together: their KV cache, attention mask (0 = left padding),
-    next position per row, the token each row feeds next, and the requests themselves."""
-    cache: object
-    mask: torch.Tensor
-    positions: torch.Tensor
-    next_ids: torch.Tensor | None
+    """The requests being decoded together, in the decoder's row order, and the token each feeds next
+    (their KV cache is the decoder's: decoders.py)."""
+    next_ids: torch.Tensor
     live: list[_Sequence]
 
 
@@ -102,15 +111,8 @@ class LocalEngine:
     kind = "embedded"
 
     def __init__(self, model_dir: str | Path, max_batch: int = 32, served_name: str | None = None,
-                 threads: int | None = None, precision: str = "auto"):
+                 threads: int | None = None, precision: str = "auto", decoder: str = "auto"):
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
-        # A big batch leaves one core to the HTTP layer: with every core in torch's pool, the event
-        # loop that streams tokens and the matmuls fight over the same cores (measured on 2 cores:
-        # at 32 concurrent streams, 1 torch thread gave ~1.5x the throughput of 2). A batch of one
-        # or two leaves the event loop little to do, so it gets every core.
-        cores = len(os.sched_getaffinity(0))
-        self._threads = {"small": threads or cores, "large": threads or max(1, cores - 1)}
 
         self.model_dir = Path(model_dir)
         if not (self.model_dir / "config.json").exists():
@@ -136,6 +138,18 @@ class LocalEngine:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.default_temperature = float(gen.temperature or 1.0) if gen.do_sample else 0.0
         self.default_top_p = float(gen.top_p or 1.0)
+
+        from hkllm.serve.decoders import calibrate_threads, make_decoder
+
+        self.decoder = make_decoder(self.model, max_batch, self.pad_id, decoder)
+        cores = len(os.sched_getaffinity(0))
+        self._threads = ({"small": threads, "large": threads} if threads
+                         else calibrate_threads(self.decoder, cores, max_batch))
+        # What the start-up banner and logs say this engine chose, and why.
+        self.runtime = (f"{self.decoder.name} forward pass · {self.precision.name} ({self.precision.reason}) · "
+                        f"torch threads {self._threads['small']} for 1-2 rows, {self._threads['large']} for more "
+                        f"({'--threads' if threads else 'timed at start'}; {cores} cores)")
+        log.info("embedded engine: %s", self.runtime)
 
         self._waiting: list[_Sequence] = []
         self._outbox: list[tuple[_Sequence, Event]] = []
@@ -212,6 +226,17 @@ class LocalEngine:
         try:
             while True:
                 event = await queue.get()
+                # Events that piled up while the consumer was busy go out as one: under load the
+                # HTTP layer, not the engine, is the slower side, and every chunk costs it a write.
+                while not event.finish_reason and not isinstance(event, ErrorEvent) and not queue.empty():
+                    more = queue.get_nowait()
+                    if isinstance(more, ErrorEvent):
+                        yield event
+                        event = more
+                        break
+                    event = Event(text=event.text + more.text, finish_reason=more.finish_reason,
+                                  completion_tokens=more.completion_tokens, logprobs=event.logprobs + more.logprobs,
+                                  prompt_tokens=more.prompt_tokens)
                 yield event
                 if event.finish_reason:
                     return
@@ -264,7 +289,7 @@ class LocalEngine:
                     loop.call_soon_threadsafe(lambda f=fut, e=e: f.done() or f.set_exception(e))
             try:
                 if joining:
-                    batch = self._join(batch, self._prefill(joining))
+                    batch = self._prefill(batch, joining)
                 if batch:
                     want = self._threads["small" if len(batch.live) <= 2 else "large"]
                     if torch.get_num_threads() != want:
@@ -277,6 +302,7 @@ class LocalEngine:
                         self._send(seq, ErrorEvent(message=f"engine error: {type(e).__name__}: {e}",
                                                    completion_tokens=len(seq.generated)))
                 batch = None
+                self.decoder.reset()
             self._flush()
             with self._cond:
                 self._running = len(batch.live) if batch else 0
@@ -296,88 +322,70 @@ class LocalEngine:
         return {"token": self.token_text(token), "logprob": float(logp_row[token]),
                 "top": {self.token_text(int(i)): float(v) for v, i in zip(values, indices)}}
 
-    def _prefill(self, seqs: list[_Sequence]) -> _Batch | None:
-        """Run the new requests' prompts (left-padded) and pick each one's first token."""
-        from hkllm.serve.kv_cache import new_cache
-
-        width = max(len(s.prompt_ids) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, s in enumerate(seqs):
-            ids[row, width - len(s.prompt_ids):] = torch.tensor(s.prompt_ids)
-            mask[row, width - len(s.prompt_ids):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = new_cache(self.model.config)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                            logits_to_keep=1).logits[:, -1].float()
-        return self._advance_all(_Batch(cache, mask, positions[:, -1:], None, list(seqs)), logits)
+    def _prefill(self, batch: _Batch | None, seqs: list[_Sequence]) -> _Batch | None:
+        """Run the new requests' prompts (their rows follow the running ones) and pick each one's first token."""
+        chosen = self._advance_all(seqs, self.decoder.prefill([s.prompt_ids for s in seqs]))
+        if batch is None:
+            batch = _Batch(chosen, list(seqs))
+        else:
+            batch.next_ids, batch.live = torch.cat([batch.next_ids, chosen]), batch.live + list(seqs)
+        return self._drop_finished(batch)
 
     def _step(self, b: _Batch) -> _Batch | None:
         """One decoding step for every row of the running batch."""
-        b.mask = torch.cat([b.mask, torch.ones((len(b.live), 1), dtype=torch.long)], dim=1)
-        b.positions = b.positions + 1
-        logits = self.model(input_ids=b.next_ids[:, None], attention_mask=b.mask, position_ids=b.positions,
-                            cache=b.cache, use_cache=True).logits[:, -1].float()
-        return self._advance_all(b, logits)
+        b.next_ids = self._advance_all(b.live, self.decoder.step(b.next_ids))
+        return self._drop_finished(b)
 
-    def _advance_all(self, b: _Batch, logits: torch.Tensor) -> _Batch | None:
-        """Run each row's logits processors, choose its next token, stream it, and drop the rows
-        that finished. Prefill and every decoding step come through here: the one sampling seam."""
-        for row, s in enumerate(b.live):
-            try:
-                for process in s.params.logits_processors:
-                    logits[row] = process(s.prompt_ids + s.generated, logits[row])
-            except Exception as e:      # this row's processor failed: this row ends, the batch goes on
-                s.cancelled = True
-                self._send(s, ErrorEvent(message=f"logits processor failed: {type(e).__name__}: {e}",
-                                         completion_tokens=len(s.generated)))
-        b.next_ids = self._choose(logits, b.live)
-        keep = [row for row, s in enumerate(b.live) if not self._advance(s, b.next_ids[row], logits[row])]
-        if not keep:
+    def _advance_all(self, rows: list[_Sequence], logits: torch.Tensor) -> torch.Tensor:
+        """Run each row's logits processors, choose its next token and stream it. Prefill and
+        every decoding step come through here: the one sampling seam."""
+        self._process(rows, logits)
+        chosen = self._choose(logits, rows)
+        for row, s in enumerate(rows):
+            self._advance(s, chosen[row], logits[row])
+        return chosen
+
+    def _process(self, rows: list[_Sequence], logits: torch.Tensor) -> None:
+        """Each row's logits processors, in its own order. Processors at the same place in their
+        rows' lists that declare the same `batch_kind` run once for all those rows (contract.py)."""
+        def failed(s: _Sequence, e: Exception) -> None:   # this row ends, the batch goes on
+            s.cancelled = True
+            self._send(s, ErrorEvent(message=f"logits processor failed: {type(e).__name__}: {e}",
+                                     completion_tokens=len(s.generated)))
+
+        depth = max((len(s.params.logits_processors) for s in rows), default=0)
+        for place in range(depth):
+            groups: dict = {}
+            for row, s in enumerate(rows):
+                if place >= len(s.params.logits_processors) or s.cancelled:
+                    continue
+                process = s.params.logits_processors[place]
+                kind = getattr(process, "batch_kind", None)
+                if kind is not None:
+                    groups.setdefault((type(process), kind), []).append(row)
+                    continue
+                try:
+                    logits[row] = process(s.ids, logits[row])
+                except Exception as e:
+                    failed(s, e)
+            for (cls, _), members in groups.items():
+                try:
+                    cls.apply_batch([rows[r].params.logits_processors[place] for r in members],
+                                    [rows[r].ids for r in members], logits, members)
+                except Exception as e:
+                    for r in members:
+                        failed(rows[r], e)
+
+    def _drop_finished(self, b: _Batch) -> _Batch | None:
+        """Rows that finished (or whose client went away) leave the batch at once."""
+        keep = [row for row, s in enumerate(b.live) if not s.finished]
+        if len(keep) == len(b.live):
+            return b
+        order = self.decoder.keep(keep)          # the decoder may move rows: follow its order
+        if not order:
             return None
-        if len(keep) < len(b.live):
-            index = torch.tensor(keep)
-            b.cache.batch_select_indices(index)
-            b.mask, b.positions, b.next_ids = b.mask[index], b.positions[index], b.next_ids[index]
-            b.live = [b.live[row] for row in keep]
-            # Columns that are padding in every remaining row are dead weight: cut them.
-            dead = int((b.mask.cumsum(-1) == 0).sum(-1).min())
-            if dead:
-                b.mask = b.mask[:, dead:]
-                for layer in b.cache.layers:
-                    layer.keys, layer.values = layer.keys[:, :, dead:], layer.values[:, :, dead:]
+        b.live, b.next_ids = [b.live[row] for row in order], b.next_ids[torch.tensor(order)]
         return b
-
-    @staticmethod
-    def _join(running: _Batch | None, new: _Batch | None) -> _Batch | None:
-        """Merge newly prefilled requests into the running batch: the shorter side's KV cache
-        and attention mask are padded on the left, then rows are stacked."""
-        from hkllm.serve.kv_cache import GrowableLayer, stack_left_aligned
-
-        if running is None or new is None:
-            return running or new
-        width = max(running.mask.shape[1], new.mask.shape[1])
-
-        def pad(x: torch.Tensor, dim: int) -> torch.Tensor:
-            missing = width - x.shape[dim]
-            if not missing:
-                return x
-            shape = list(x.shape)
-            shape[dim] = missing
-            return torch.cat([x.new_zeros(shape), x], dim=dim)
-
-        for a, b in zip(running.cache.layers, new.cache.layers):
-            keys = stack_left_aligned([a.keys, b.keys], width, spare=64)
-            values = stack_left_aligned([a.values, b.values], width, spare=64)
-            if isinstance(a, GrowableLayer):
-                a.adopt(keys, values, width)
-            else:
-                a.keys, a.values = keys[:, :, :width], values[:, :, :width]
-        running.mask = torch.cat([pad(running.mask, 1), pad(new.mask, 1)])
-        running.positions = torch.cat([running.positions, new.positions])
-        running.next_ids = torch.cat([running.next_ids, new.next_ids])
-        running.live += new.live
-        return running
 
     def _send(self, s: _Sequence, event: Event) -> None:
         self._outbox.append((s, event))
@@ -403,6 +411,21 @@ class LocalEngine:
                 chosen[row] = sample(logits[row], s.params, s.generator)
         return chosen
 
+    def _decoded(self, s: _Sequence, end: int) -> str:
+        """The text of s.generated[:end], decoding only the last few tokens (vLLM's incremental
+        detokenizer: what tokens[prefix:] decode to beyond tokens[prefix:read] is what the new
+        tokens add). Decoding the whole answer at every step costs O(length) per token. Text that
+        ends in an unfinished UTF-8 character ("\ufffd") stays pending until a later token ends it."""
+        decode = self.tokenizer.decode
+        before = decode(s.generated[s.prefix:s.read], skip_special_tokens=True)
+        after = decode(s.generated[s.prefix:end], skip_special_tokens=True)
+        added = after[len(before):]
+        if added and not added.endswith("\ufffd"):
+            s.text += added
+            s.prefix, s.read = s.read, end
+            return s.text
+        return s.text + added
+
     def _advance(self, s: _Sequence, token: torch.Tensor, logits: torch.Tensor) -> bool:
         """Append one token to a row and stream what became final; True when the row is done."""
         if s.cancelled:
@@ -410,14 +433,15 @@ class LocalEngine:
             return True
         tok = int(token)
         s.generated.append(tok)
+        s.ids.append(tok)
         logprobs = []
         if s.params.logprobs is not None:
             logprobs = [self._token_logprobs(torch.log_softmax(logits, -1), tok, s.params.logprobs)]
         finish = None
-        if tok in self.eos_ids:
-            finish, text = "stop", self.tokenizer.decode(s.generated[:-1], skip_special_tokens=True)
+        if tok in self.eos_ids and not s.params.ignore_eos:
+            finish, text = "stop", self._decoded(s, len(s.generated) - 1)
         else:
-            text = self.tokenizer.decode(s.generated, skip_special_tokens=True)
+            text = self._decoded(s, len(s.generated))
             if len(s.generated) >= s.params.max_tokens or len(s.prompt_ids) + len(s.generated) >= self.max_model_len:
                 finish = "length"
         for stop in s.params.stop:

@@ -215,7 +215,8 @@ class Gateway:
             top_p = engine.default_top_p if body.top_p is None else body.top_p
             seed = body.seed
         return SamplingParams(max_tokens=max_tokens or min(default_max, s.max_output_tokens),
-                              temperature=temperature, top_p=top_p, seed=seed, stop=body.stops(), logprobs=logprobs)
+                              temperature=temperature, top_p=top_p, seed=seed, stop=body.stops(), logprobs=logprobs,
+                              ignore_eos=body.ignore_eos)
 
     def chat_request(self, body: ChatCompletionRequest) -> GenerationRequest:
         explicit = body.max_completion_tokens or body.max_tokens
@@ -278,6 +279,7 @@ class Gateway:
         """Everything that decides an answer, as the cache key is made of it."""
         p, s = r.params, self.settings
         common = dict(model=self.engine.version, max_tokens=p.max_tokens, stop=list(p.stop),
+                      **({"ignore_eos": True} if p.ignore_eos else {}),
                       **({} if s.consistency else {"t": p.temperature, "p": p.top_p}),
                       **({"guards": self.guards.version} if self.guards.version else {}),
                       **({"watermark": watermark} if watermark else {}))

@@ -99,7 +99,7 @@ class ChatMessage(BaseModel):
 OFF = (None, False, 0, "", [], {})
 _COMMON = {"logit_bias": (), "frequency_penalty": (), "presence_penalty": (), "best_of": (1,),
            # vLLM's and others' sampling extras: each would change the answer if it were honoured
-           "top_k": (-1,), "min_p": (), "repetition_penalty": (1,), "min_tokens": (), "ignore_eos": (),
+           "top_k": (-1,), "min_p": (), "repetition_penalty": (1,), "min_tokens": (),
            "guided_json": (), "guided_regex": (), "guided_choice": (), "guided_grammar": (), "structured_outputs": ()}
 UNSUPPORTED = {
     "chat": {**_COMMON, "tools": (), "tool_choice": ("none", "auto"), "functions": (),
@@ -120,6 +120,7 @@ class SamplingFields(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     stop: Text | list[Text] | None = None
     seed: int | None = Field(None, ge=-(1 << 63), lt=1 << 64)
+    ignore_eos: bool = False        # vLLM's extra: answers of exactly max_tokens, for load tests
     stream: bool = False
     stream_options: dict | None = None
     n: int = Field(1, ge=1, le=1, description="only n=1 is supported")

@@ -84,6 +84,8 @@ class UpstreamEngine:
             body["seed"] = params.seed
         if params.stop:
             body["stop"] = list(params.stop)
+        if params.ignore_eos:
+            body["ignore_eos"] = True       # vLLM, SGLang and llama-server all read this field
         return body
 
     async def chat(self, messages: list[dict], params: SamplingParams, stream: bool = True) -> Generation:

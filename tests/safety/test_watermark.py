@@ -408,3 +408,24 @@ def test_green_bias_on_candidates_only_chooses_as_the_whole_vocabularys():
         context = tuple(([-1] * CONFIG.green_context_width + answer)[-CONFIG.green_context_width:])
         full = logits + torch.from_numpy(_green_mask(KEY._value, CONFIG.threshold, context, vocab)).float() * CONFIG.delta
         assert int(out.argmax()) == int(full.argmax()), trial
+
+
+def test_green_rows_marked_together_as_one_by_one():
+    """The engine marks every green row of a step in one `apply_batch` call: the logits must be
+    exactly those of each row's own processor — rows still in the unmarked first tokens, rows at
+    temperature 0 and 0.2 (more candidates), rows whose candidates cover the whole vocabulary (0.45)."""
+    torch.manual_seed(1)
+    vocab, prompt = 500, [5, 6, 7]
+    for trial in range(30):
+        temperatures = [0.0, 0.0, 0.2, 0.0, 0.45][: 1 + trial % 5]
+        alone = [watermark_processor(CONFIG, KEY, t) for t in temperatures]
+        together = [watermark_processor(CONFIG, KEY, t) for t in temperatures]
+        assert len({p.batch_kind for p in together}) == 1
+        answers = [[int(x) for x in torch.randint(0, vocab, (trial % 7,))] for _ in temperatures]
+        for step in range(max(len(a) for a in answers) + 1):
+            ids = [prompt + a[:step] for a in answers]
+            logits = torch.randn(len(ids), vocab) * 3
+            want = torch.stack([p(i, logits[r].clone()) for r, (p, i) in enumerate(zip(alone, ids))])
+            got = logits.clone()
+            type(together[0]).apply_batch(together, ids, got, list(range(len(ids))))
+            assert torch.equal(got, want), (trial, step)

@@ -199,3 +199,15 @@ def test_a_busy_client_is_flagged():
 
 def test_split():
     assert _split(5, 2) == [3, 2] and _split(4, 4) == [1, 1, 1, 1] and sum(_split(7, 3)) == 7
+
+
+@pytest.mark.parametrize("client", ["openai", "raw"])
+def test_whole_answers_of_exactly_max_tokens_against_hkllm_serve(serve, client):
+    """--no-stream --ignore-eos against the gateway: every answer is whole and max_tokens long;
+    TTFT is then the answer's time."""
+    server = serve(cache=False)
+    rows = bench(server.url + "/v1", [2], requests=4, max_tokens=7, client=client, stream=False, ignore_eos=True)
+    row = rows[0]
+    assert row["completed"] == 4 and not row["errors"] and row["stream"] is False
+    assert round(row["output_token_throughput"] * row["wall_s"]) == 4 * 7
+    assert row["ttft"]["p50_ms"] == row["e2e"]["p50_ms"]

@@ -138,3 +138,64 @@ def test_sample_is_pure_and_near_zero_temperature_is_greedy():
              for s in range(40)}
     assert draws == {1, 3}                                                          # top-p keeps the two likely ones
     assert torch.equal(logits, torch.tensor([0.1, 3.0, 0.2, 2.9]))
+
+
+def test_incremental_text_is_the_whole_answer_decoded(engine):
+    """The engine decodes only the newest tokens at each step; the text must be what decoding the
+    whole answer gives, Chinese characters split across byte tokens included."""
+    import random
+
+    from hkllm.serve.engine import _Sequence
+
+    rng = random.Random(0)
+    chinese = engine.encode_text("我哋今日去咗旺角食嘢，仲行咗好耐街。市民可於辦事處辦理登記手續。")
+    for trial in range(40):
+        answer = [rng.choice(chinese) if rng.random() < 0.7 else rng.randrange(len(engine.tokenizer))
+                  for _ in range(30)]
+        s = _Sequence([1], SamplingParams(max_tokens=64), None, None, None)
+        for n in range(1, len(answer) + 1):
+            s.generated.append(answer[n - 1])
+            assert engine._decoded(s, n) == engine.tokenizer.decode(answer[:n], skip_special_tokens=True), (trial, n)
+
+
+def test_ignore_eos_decodes_past_end_of_turn_to_max_tokens(engine):
+    """vLLM's `ignore_eos` (load tests compare servers on answers of one length): an end-of-turn
+    token that would stop the answer is decoded past, and the answer ends at max_tokens."""
+    eos = min(engine.eos_ids)
+
+    def end_at_third(ids, logits):
+        if len(ids) == len(prompt) + 2:
+            logits[:] = float("-inf")
+            logits[eos] = 0.0
+        return logits
+
+    prompt = engine.encode_text(PROMPTS[0])
+
+    async def run(ignore: bool):
+        last = None
+        async for event in engine.generate(prompt, SamplingParams(max_tokens=10, ignore_eos=ignore,
+                                                                  logits_processors=(end_at_third,))):
+            last = event
+        return last.finish_reason, last.completion_tokens
+
+    assert asyncio.run(run(False)) == ("stop", 3)
+    assert asyncio.run(run(True)) == ("length", 10)
+
+
+def test_transformers_decoder_decodes_the_same_tokens(model_dir, engine):
+    """`--decoder transformers` (any architecture) and the written-out pass agree token for token."""
+    from hkllm.serve.engine import LocalEngine
+
+    padded = LocalEngine(model_dir, max_batch=8, decoder="transformers", threads=1)
+    try:
+        assert padded.decoder.name == "transformers" and engine.decoder.name == "slots"
+
+        async def both():
+            a = await asyncio.gather(*(tokens(engine, p, 24) for p in PROMPTS))
+            b = await asyncio.gather(*(tokens(padded, p, 24) for p in PROMPTS))
+            return a, b
+
+        a, b = asyncio.run(both())
+        assert a == b
+    finally:
+        padded.close()

@@ -1,0 +1,423 @@
+"""The embedded engine's forward passes: the rows being decoded, their KV cache, one step at a time.
+
+    decoder = make_decoder(model, max_batch=32)       # SlotDecoder where it applies, else PaddedDecoder
+    logits = decoder.prefill([[1, 2, 3], [4, 5]])      # two new rows join; their next-token logits
+    logits = decoder.step(torch.tensor([7, 8]))        # one token for every row
+    order = decoder.keep([1])                          # row 0 finished; row i is now the old row order[i]
+
+The engine (engine.py) owns the requests; a decoder owns only tensors. Two of them:
+
+- `SlotDecoder` — Llama-family models (Llama, Qwen2, Mistral without a sliding window, SmolLM2):
+  the forward pass written out over the module's own weights, with a KV cache allocated once per
+  row slot and grown by doubling. A decoding step is ~9 tensor operations per layer, nothing
+  allocated but the activations, no attention mask to rebuild and no left padding: each row
+  keeps its own length and rows that finish are replaced by the last rows (`keep`). On the
+  quickstart model (4 layers of width 128) transformers' forward costs ~3.5 ms per step at batch 1,
+  almost all of it Python and dispatch; this one ~1 ms (benchmarks/serve_capacity.py). At start it
+  checks itself against transformers' logits on a short prompt and steps aside if they disagree.
+- `PaddedDecoder` — any other causal LM through transformers' own forward: rows left-padded in a
+  `DynamicCache` whose layers grow in place (kv_cache.py), joined by padding the shorter side.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger("hkllm.serve")
+
+# Rope variants whose cos/sin depend only on the position (a table computed once is exact).
+STATIC_ROPE = {"default", "linear", "llama3", "yarn", None}
+SLOT_MODEL_TYPES = {"llama", "qwen2", "mistral"}
+
+
+class PaddedDecoder:
+    """transformers' forward with left-padded rows: works for every architecture it supports."""
+
+    name = "transformers"
+
+    def __init__(self, model, pad_id: int):
+        self.model, self.pad_id = model, pad_id
+        embeddings, output = model.get_input_embeddings(), model.get_output_embeddings()
+        tied = output is not None and output.weight is embeddings.weight
+        for module in model.modules():     # every matrix stored [in, out]: see _Layer for why
+            if isinstance(module, torch.nn.Linear) and module.weight.is_contiguous():
+                _fuse_transposed([module])
+        if tied:                           # still one tensor: the embedding reads rows of the view
+            embeddings.weight = output.weight
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache = self.mask = self.positions = None
+        self.rows = 0
+
+    def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
+        from hkllm.serve.kv_cache import new_cache
+
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, p in enumerate(prompts):
+            ids[row, width - len(p):] = torch.tensor(p)
+            mask[row, width - len(p):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = new_cache(self.model.config)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                            logits_to_keep=1).logits[:, -1].float()
+        self._join(cache, mask, positions[:, -1:])
+        return logits
+
+    def step(self, next_ids: torch.Tensor) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, torch.ones((self.rows, 1), dtype=torch.long)], dim=1)
+        self.positions = self.positions + 1
+        return self.model(input_ids=next_ids[:, None], attention_mask=self.mask, position_ids=self.positions,
+                          cache=self.cache, use_cache=True).logits[:, -1].float()
+
+    def keep(self, rows: list[int]) -> list[int]:
+        if not rows:
+            self.reset()
+            return []
+        index = torch.tensor(rows)
+        self.cache.batch_select_indices(index)
+        self.mask, self.positions = self.mask[index], self.positions[index]
+        self.rows = len(rows)
+        # Columns that are padding in every remaining row are dead weight: cut them.
+        dead = int((self.mask.cumsum(-1) == 0).sum(-1).min())
+        if dead:
+            self.mask = self.mask[:, dead:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, dead:], layer.values[:, :, dead:]
+        return rows
+
+    def _join(self, cache, mask: torch.Tensor, positions: torch.Tensor) -> None:
+        """Stack newly prefilled rows under the running ones: the shorter side's KV cache and
+        attention mask are padded on the left."""
+        from hkllm.serve.kv_cache import GrowableLayer, stack_left_aligned
+
+        if self.cache is None:
+            self.cache, self.mask, self.positions, self.rows = cache, mask, positions, mask.shape[0]
+            return
+        width = max(self.mask.shape[1], mask.shape[1])
+
+        def pad(x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x.new_zeros((x.shape[0], width - x.shape[1])), x], dim=1)
+
+        for a, b in zip(self.cache.layers, cache.layers):
+            keys = stack_left_aligned([a.keys, b.keys], width, spare=64)
+            values = stack_left_aligned([a.values, b.values], width, spare=64)
+            if isinstance(a, GrowableLayer):
+                a.adopt(keys, values, width)
+            else:
+                a.keys, a.values = keys[:, :, :width], values[:, :, :width]
+        self.mask = torch.cat([pad(self.mask), pad(mask)])
+        self.positions = torch.cat([self.positions, positions])
+        self.rows = self.mask.shape[0]
+
+
+class _Layer:
+    """One decoder layer's weights: q/k/v fused, gate/up fused, every matrix stored [in, out].
+
+    Why [in, out]: transformers keeps [out, in] and multiplies by its transpose, and on this
+    kind of CPU MKL's single-row product reads that layout up to 3x slower once the weights are
+    out of cache (a 128 x 4000 output layer: 470 µs against 150 µs, at one row; the gap shrinks
+    with more rows). The module's parameters become transposed views of the new tensors, so
+    transformers' own forward (prompt scoring) still works and nothing is held twice.
+    """
+
+    def __init__(self, layer):
+        a, mlp = layer.self_attn, layer.mlp
+        self.qkv_w, self.qkv_b = _fuse_transposed([a.q_proj, a.k_proj, a.v_proj])
+        self.o_w, self.o_b = _fuse_transposed([a.o_proj])
+        self.gate_up_w, self.gate_up_b = _fuse_transposed([mlp.gate_proj, mlp.up_proj])
+        self.down_w, self.down_b = _fuse_transposed([mlp.down_proj])
+        self.norm1, self.norm2 = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
+
+
+def _fuse_transposed(linears: list) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[in, sum of outs] and the fused bias (None when no part has one); each module's weight
+    and bias become views of them."""
+    weight = torch.cat([m.weight.detach().t() for m in linears], dim=1).contiguous()
+    has_bias = any(m.bias is not None for m in linears)
+    bias = torch.cat([m.bias.detach() if m.bias is not None else weight.new_zeros(m.out_features)
+                      for m in linears]) if has_bias else None
+    start = 0
+    for m in linears:
+        end = start + m.out_features
+        m.weight = torch.nn.Parameter(weight[:, start:end].t(), requires_grad=False)
+        if m.bias is not None:
+            m.bias = torch.nn.Parameter(bias[start:end], requires_grad=False)
+        start = end
+    return weight, bias
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ weight (+ bias), weight [in, out]."""
+    return torch.addmm(bias, x, weight) if bias is not None and x.dim() == 2 else (
+        x @ weight if bias is None else x @ weight + bias)
+
+
+def slot_decoder_unfit(model) -> str | None:
+    """Why SlotDecoder cannot run this model (None: it can)."""
+    cfg = model.config
+    if cfg.model_type not in SLOT_MODEL_TYPES:
+        return f"model_type {cfg.model_type!r} (written out for {', '.join(sorted(SLOT_MODEL_TYPES))})"
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"hidden_act {cfg.hidden_act!r}"
+    rope = (getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
+    if rope.get("rope_type", rope.get("type")) not in STATIC_ROPE:
+        return f"rope_type {rope.get('rope_type')!r} depends on the sequence length"
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) is not False:
+        return "sliding-window attention"
+    if getattr(cfg, "pretraining_tp", 1) != 1:
+        return "pretraining_tp > 1"
+    return None
+
+
+class SlotDecoder:
+    """A Llama-family forward pass over per-row KV slots (see the module docstring)."""
+
+    name = "slots"
+
+    def __init__(self, model, max_batch: int):
+        cfg = model.config
+        self.model, self.max_batch = model, max_batch
+        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
+        self.max_len = int(getattr(cfg, "max_position_embeddings", 2048))
+        self.eps = cfg.rms_norm_eps
+        attn = model.model.layers[0].self_attn
+        self.scale = float(getattr(attn, "scaling", self.head_dim ** -0.5))
+        self.layers = [_Layer(layer) for layer in model.model.layers]
+        self.final_norm = model.model.norm.weight
+        # The output layer [hidden, vocab] (see _Layer); tied embeddings read rows of its transpose.
+        tied = model.lm_head.weight is model.model.embed_tokens.weight
+        self.lm_head = model.lm_head.weight.detach().t().contiguous()
+        model.lm_head.weight = torch.nn.Parameter(self.lm_head.t(), requires_grad=False)
+        if tied:
+            model.model.embed_tokens.weight = model.lm_head.weight
+        self.embed = model.model.embed_tokens.weight
+        p = self.embed
+        with torch.inference_mode():
+            positions = torch.arange(self.max_len)[None]
+            cos, sin = model.model.rotary_emb(torch.zeros(1, dtype=p.dtype), positions)
+        self.cos, self.sin = cos[0].to(p.dtype), sin[0].to(p.dtype)     # [max_len, head_dim]
+        self.dtype = p.dtype
+        self.reset()
+
+    def reset(self) -> None:
+        self.rows = 0
+        self.lengths = torch.zeros(0, dtype=torch.long)
+        self.k = self.v = None        # per layer: [row capacity, kv heads, length capacity, head dim]
+
+    # -- the cache ---------------------------------------------------------------------------
+
+    def _reserve(self, rows: int, length: int) -> None:
+        """Make room for `rows` rows of `length` positions (doubling, so growth is rare)."""
+        have_rows = self.k[0].shape[0] if self.k else 0
+        have_len = self.k[0].shape[2] if self.k else 0
+        if rows <= have_rows and length <= have_len:
+            return
+        new_rows = min(self.max_batch, max(rows, 2 * have_rows, 1)) if rows > have_rows else have_rows
+        new_len = min(self.max_len, max(length, 2 * have_len, 64)) if length > have_len else have_len
+        shape = (new_rows, self.kv_heads, new_len, self.head_dim)
+        # Zeros, not empty: attention multiplies masked positions' values by 0, and 0 * NaN garbage is NaN.
+        k = [torch.zeros(shape, dtype=self.dtype) for _ in self.layers]
+        v = [torch.zeros(shape, dtype=self.dtype) for _ in self.layers]
+        if self.k and self.rows:
+            for i in range(len(self.layers)):
+                k[i][:self.rows, :, :have_len] = self.k[i][:self.rows]
+                v[i][:self.rows, :, :have_len] = self.v[i][:self.rows]
+        self.k, self.v = k, v
+
+    def keep(self, rows: list[int]) -> list[int]:
+        """Keep these rows (ascending): the rows past the new end move into the holes, so only
+        they are copied. Returns the new order: row i now holds what row order[i] held."""
+        n = len(rows)
+        order = list(range(n))
+        kept = set(rows)
+        holes = [r for r in range(n) if r not in kept]
+        movers = [r for r in rows if r >= n]
+        if holes:
+            T = int(self.lengths[movers].max())
+            src, dst = torch.tensor(movers), torch.tensor(holes)
+            for i in range(len(self.layers)):
+                self.k[i][dst, :, :T] = self.k[i][src, :, :T]
+                self.v[i][dst, :, :T] = self.v[i][src, :, :T]
+            self.lengths[dst] = self.lengths[src]
+            for h, m in zip(holes, movers):
+                order[h] = m
+        self.rows = n
+        self.lengths = self.lengths[:n].clone()
+        if not n:
+            self.reset()
+        return order
+
+    # -- the forward pass --------------------------------------------------------------------
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # What LlamaRMSNorm computes (in float32, then back), in four operations.
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return weight * h.to(x.dtype)
+
+    @staticmethod
+    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+    def _mlp(self, layer: _Layer, x: torch.Tensor) -> torch.Tensor:
+        gate, up = _linear(self._norm(x, layer.norm2), layer.gate_up_w, layer.gate_up_b).chunk(2, dim=-1)
+        return x + _linear(F.silu(gate) * up, layer.down_w, layer.down_b)
+
+    def _qkv(self, layer: _Layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """q [rows, heads, seq, dim] and k, v [rows, kv heads, seq, dim] for x [rows, seq, hidden]."""
+        rows, seq = x.shape[:2]
+        qkv = _linear(self._norm(x, layer.norm1), layer.qkv_w, layer.qkv_b)
+        q, k, v = qkv.split([self.heads * self.head_dim, self.kv_heads * self.head_dim,
+                             self.kv_heads * self.head_dim], dim=-1)
+        q = q.view(rows, seq, self.heads, self.head_dim).transpose(1, 2)
+        k = k.view(rows, seq, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(rows, seq, self.kv_heads, self.head_dim).transpose(1, 2)
+        return self._rotate(q, cos, sin), self._rotate(k, cos, sin), v
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return (self._norm(x, self.final_norm) @ self.lm_head).float()
+
+    def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
+        """New rows after the running ones; right-padded, causal attention over their own prompts
+        (a row's padding comes after its tokens, so no real token sees it)."""
+        first, count = self.rows, len(prompts)
+        width = max(len(p) for p in prompts)
+        self._reserve(first + count, width + 1)
+        ids = torch.zeros((count, width), dtype=torch.long)
+        for row, p in enumerate(prompts):
+            ids[row, :len(p)] = torch.tensor(p)
+        lengths = torch.tensor([len(p) for p in prompts])
+        cos, sin = self.cos[:width], self.sin[:width]
+        x = F.embedding(ids, self.embed)
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(layer, x, cos, sin)
+            self.k[i][first:first + count, :, :width] = k
+            self.v[i][first:first + count, :, :width] = v
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale,
+                                               enable_gqa=self.heads != self.kv_heads)
+            x = x + _linear(o.transpose(1, 2).reshape(count, width, -1), layer.o_w, layer.o_b)
+            x = self._mlp(layer, x)
+        last = x[torch.arange(count), lengths - 1]
+        self.lengths = torch.cat([self.lengths, lengths])
+        self.rows = first + count
+        return self._logits(last)
+
+    def step(self, next_ids: torch.Tensor) -> torch.Tensor:
+        """One token per row at its own position: write its k/v into the row's slot, attend over
+        the row's filled length (a mask hides the rest of the slot)."""
+        n = self.rows
+        pos = self.lengths
+        span = int(pos.max()) + 1
+        self._reserve(n, span)
+        cos, sin = self.cos[pos][:, None, None], self.sin[pos][:, None, None]     # [rows, 1, 1, dim]
+        hidden = ~(torch.arange(span)[None] <= pos[:, None])                        # [rows, span]
+        hidden = hidden[:, None, None]                                                # [rows, 1, 1, span]
+        rows = torch.arange(n)
+        group = self.heads // self.kv_heads
+        x = F.embedding(next_ids[:, None], self.embed)                                # [rows, 1, hidden]
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(layer, x, cos, sin)
+            self.k[i][rows, :, pos] = k[:, :, 0]
+            self.v[i][rows, :, pos] = v[:, :, 0]
+            keys, values = self.k[i][:n, :, :span], self.v[i][:n, :, :span]           # views, no copy
+            # q grouped by the kv head it shares: [rows, kv heads, group, dim] @ [rows, kv heads, dim, span]
+            scores = torch.matmul(q.view(n, self.kv_heads, group, self.head_dim), keys.transpose(-1, -2))
+            scores = scores.mul_(self.scale).masked_fill_(hidden, float("-inf"))
+            o = torch.matmul(torch.softmax(scores, dim=-1), values)                   # [rows, kv heads, group, dim]
+            x = x + _linear(o.reshape(n, 1, -1), layer.o_w, layer.o_b)
+            x = self._mlp(layer, x)
+        self.lengths = pos + 1
+        return self._logits(x[:, 0])
+
+
+def make_decoder(model, max_batch: int, pad_id: int, choice: str = "auto"):
+    """SlotDecoder where it applies and agrees with transformers, else PaddedDecoder (logged).
+    choice "transformers" forces PaddedDecoder."""
+    if choice not in ("auto", "transformers"):
+        raise ValueError(f"decoder must be 'auto' or 'transformers', not {choice!r}")
+    why = slot_decoder_unfit(model) if choice == "auto" else "asked for"
+    if why is None:
+        decoder = SlotDecoder(model, max_batch)
+        why = _disagreement(decoder, model)
+        if why is None:
+            return decoder
+    log.info("embedded engine: transformers' forward pass (%s)", why)
+    return PaddedDecoder(model, pad_id)
+
+
+def _disagreement(decoder: SlotDecoder, model) -> str | None:
+    """Compare a prefill and three steps with transformers' logits on a fixed prompt."""
+    ids = [1 + (7 * i) % (model.config.vocab_size - 1) for i in range(12)]
+    with torch.inference_mode():
+        full = model(torch.tensor([ids]), use_cache=False).logits[0].float()
+        got = [decoder.prefill([ids[:9]])[0]] + [decoder.step(torch.tensor([t]))[0] for t in ids[9:11]]
+    decoder.reset()
+    want = full[8:11]
+    err = float((torch.stack(got) - want).abs().max())
+    tol = 1e-3 * max(1.0, float(want.abs().max())) if decoder.dtype == torch.float32 else 0.1 * max(1.0, float(want.abs().max()))
+    return None if err <= tol else f"written-out forward differs from transformers' by {err:.3g} on a test prompt"
+
+
+HEAVY_STEP_S = 0.02      # a batch-8 step this long on one thread: large batches may use every core
+
+
+def calibrate_threads(decoder, cores: int, max_batch: int, steps: int = 9) -> dict:
+    """torch threads for small batches (≤ 2 rows) and large ones, measured on this machine.
+
+    A small model's step is mostly dispatch, which a second thread only slows down (and keeps
+    spinning: twice the CPU per token); a large one's matmuls gain from every core. Which side of
+    that line a model is on depends on the machine, so time a few steps with each setting. A large
+    batch of a light model leaves one core to the HTTP layer: with every core in torch's pool, the
+    event loop that streams tokens and the matmuls fight over the same cores (the quickstart model at
+    32 streams: 1 thread gave ~1.5x the throughput of 2). A heavy model's steps (SmolLM2: ~0.3 s at
+    batch 8) dwarf that loop's work, so it may take every core.
+    """
+    import statistics
+    import time
+
+    def per_step(threads: int, rows: int) -> float:
+        torch.set_num_threads(threads)
+        decoder.reset()
+        times = []
+        with torch.inference_mode():
+            ids = decoder.prefill([[1] * 16] * rows).argmax(-1)
+            ids = decoder.step(ids).argmax(-1)                       # warm-up
+            spent = 0.0
+            while len(times) < steps and (len(times) < 3 or spent < 1.0):  # a big model: 3 steps will do
+                start = time.perf_counter()
+                ids = decoder.step(ids).argmax(-1)
+                times.append(time.perf_counter() - start)
+                spent += times[-1]
+        return statistics.median(times)
+
+    def fewest(most: int, rows: int, one: float | None = None) -> int:
+        # One more thread must win 10%: a tie is noise, and an idle OpenMP thread still spins.
+        if most == 1:
+            return 1
+        best, best_time = 1, one if one is not None else per_step(1, rows)
+        for t in range(2, most + 1):
+            took = per_step(t, rows)
+            if took > 0.9 * best_time:
+                break
+            best, best_time = t, took
+        return best
+
+    before = torch.get_num_threads()
+    try:
+        small = fewest(cores, 1)
+        rows = min(8, max_batch)
+        one = per_step(1, rows) if cores > 1 else 0.0
+        # A step that long (a model where compute dominates) leaves the HTTP loop a small share: all cores may go.
+        large = fewest(cores if one >= HEAVY_STEP_S else cores - 1, rows, one) if cores > 1 else 1
+    finally:
+        decoder.reset()
+        torch.set_num_threads(before)
+    return {"small": small, "large": large}

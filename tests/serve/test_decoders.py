@@ -1,0 +1,92 @@
+"""The written-out Llama-family forward pass (SlotDecoder) computes what transformers' does, for
+Llama with grouped KV heads and for Qwen2 with q/k/v biases, through prefill, steps, rows leaving
+(the last rows move into their slots) and rows joining; other architectures get transformers'."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from hkllm.serve.decoders import PaddedDecoder, SlotDecoder, calibrate_threads, make_decoder, slot_decoder_unfit
+
+
+def tiny(kind: str):
+    torch.manual_seed(0)
+    common = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256)
+    if kind == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**common)).eval()
+    model = LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=kind == "llama-tied")).eval()
+    return model
+
+
+def reference_logits(model, ids: list[int]) -> torch.Tensor:
+    """transformers' logits for the next token after `ids`, from scratch (no cache)."""
+    with torch.inference_mode():
+        return model(torch.tensor([ids]), use_cache=False).logits[0, -1].float()
+
+
+@pytest.mark.parametrize("kind", ["llama", "llama-tied", "qwen2"])
+def test_slots_match_transformers_through_leaving_and_joining_rows(kind):
+    model = tiny(kind)
+    decoder = make_decoder(model, max_batch=8, pad_id=0)
+    assert isinstance(decoder, SlotDecoder)
+    rows = [[3, 4, 5], [7] * 9, [11, 12], [20, 21, 22, 23, 24]]
+    with torch.inference_mode():
+        logits = decoder.prefill(rows)
+        for step in range(8):
+            for r, ids in enumerate(rows):
+                assert torch.allclose(logits[r], reference_logits(model, ids), atol=1e-4), (kind, step, r)
+            nxt = logits.argmax(-1)
+            for r, t in enumerate(nxt.tolist()):
+                rows[r] = rows[r] + [t]
+            if step == 2:                      # rows 0 and 2 finish: the last row moves into slot 0
+                order = decoder.keep([1, 3])
+                rows = [rows[i] for i in order]
+                nxt = nxt[torch.tensor(order)]
+                assert sorted(order) == [1, 3] and decoder.rows == 2
+            logits = decoder.step(nxt)
+            if step == 4:                      # a new request joins a batch already decoding
+                rows.append([9, 8, 7, 6])
+                logits = torch.cat([logits, decoder.prefill([rows[-1]])])
+
+
+def test_transformers_forward_is_still_right_after_weights_become_views():
+    """The engine's prompt scoring uses the model itself, whose weights now view the fused [in, out] tensors."""
+    model = tiny("qwen2")
+    before = reference_logits(model, [5, 6, 7, 8])
+    SlotDecoder(model, max_batch=2)
+    assert torch.allclose(reference_logits(model, [5, 6, 7, 8]), before, atol=1e-5)
+
+
+def test_other_architectures_and_a_sliding_window_use_transformers():
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    qwen3 = Qwen3ForCausalLM(Qwen3Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, head_dim=16))
+    assert "qwen3" in slot_decoder_unfit(qwen3)
+    assert isinstance(make_decoder(qwen3, 4, 0), PaddedDecoder)
+    windowed = tiny("qwen2")
+    windowed.config.use_sliding_window, windowed.config.sliding_window = True, 16
+    assert "sliding" in slot_decoder_unfit(windowed)
+    assert isinstance(make_decoder(tiny("llama"), 4, 0, "transformers"), PaddedDecoder)
+    with pytest.raises(ValueError):
+        make_decoder(tiny("llama"), 4, 0, "fast")
+
+
+def test_padded_decoder_matches_transformers_after_transposing_its_weights():
+    model = tiny("llama-tied")
+    decoder = PaddedDecoder(model, pad_id=0)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    rows = [[3, 4, 5], [7] * 6]
+    with torch.inference_mode():
+        logits = decoder.prefill(rows)
+        for r, ids in enumerate(rows):
+            assert torch.allclose(logits[r], reference_logits(model, ids), atol=1e-4)
+
+
+def test_thread_calibration_picks_a_count_it_may_use():
+    decoder = SlotDecoder(tiny("llama"), max_batch=8)
+    before = torch.get_num_threads()
+    threads = calibrate_threads(decoder, cores=2, max_batch=8, steps=2)
+    assert 1 <= threads["small"] <= 2 and threads["large"] == 1     # a light model leaves a core to HTTP
+    assert torch.get_num_threads() == before and decoder.rows == 0
