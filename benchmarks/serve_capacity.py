@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--llama-server", default=shutil.which("llama-server"),
-                    help="llama.cpp's llama-server binary (default: on PATH); docs/SERVING.md says how to build it")
+                    help="llama.cpp's llama-server binary (default: on PATH); README, 'Load testing', says how to build it")
     ap.add_argument("--no-transformers", action="store_true", help="skip transformers serve")
     ap.add_argument("--only", default=None,
                     help="comma-separated server names as the tables title them, e.g. 'hkllm,llama-server (threads 2)'")
