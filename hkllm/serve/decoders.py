@@ -1,6 +1,6 @@
 """The embedded engine's forward passes: the rows being decoded, their KV cache, one step at a time.
 
-    decoder = make_decoder(model, max_batch=32)       # SlotDecoder where it applies, else PaddedDecoder
+    decoder = make_decoder(model, max_batch=32, pad_id=0)   # SlotDecoder where it applies, else PaddedDecoder
     logits = decoder.prefill([[1, 2, 3], [4, 5]])      # two new rows join; their next-token logits
     logits = decoder.step(torch.tensor([7, 8]))        # one token for every row
     order = decoder.keep([1])                          # row 0 finished; row i is now the old row order[i]
@@ -9,12 +9,12 @@ The engine (engine.py) owns the requests; a decoder owns only tensors. Two of th
 
 - `SlotDecoder` — Llama-family models (Llama, Qwen2, Mistral without a sliding window, SmolLM2):
   the forward pass written out over the module's own weights, with a KV cache allocated once per
-  row slot and grown by doubling. A decoding step is ~9 tensor operations per layer, nothing
-  allocated but the activations, no attention mask to rebuild and no left padding: each row
-  keeps its own length and rows that finish are replaced by the last rows (`keep`). On the
-  quickstart model (4 layers of width 128) transformers' forward costs ~3.5 ms per step at batch 1,
-  almost all of it Python and dispatch; this one ~1 ms (benchmarks/serve_capacity.py). At start it
-  checks itself against transformers' logits on a short prompt and steps aside if they disagree.
+  row slot and grown by doubling. A decoding step allocates nothing but the activations, with
+  no attention mask to rebuild and no left padding: each row keeps its own length and rows that
+  finish are replaced by the last rows (`keep`). On the quickstart model (4 layers of width 128)
+  transformers' forward costs 3.1-3.7 ms per step at batch 1 on this 2-core machine, almost all
+  of it Python and dispatch; this one 1.6-2.2 ms (dev/LOG.md, issue 14). At start it checks
+  itself against transformers' logits on a short prompt and steps aside if they disagree.
 - `PaddedDecoder` — any other causal LM through transformers' own forward: rows left-padded in a
   `DynamicCache` whose layers grow in place (kv_cache.py), joined by padding the shorter side.
 """
