@@ -377,12 +377,16 @@ class _Row:
         self._prompt_len: int | None = None
         self._last = -1
 
-    def _generated(self, ids: list[int]) -> list[int]:
+    def _made(self, ids: list[int]) -> int:
+        """How many of `ids` this row generated (the rest is the prompt)."""
         if self._prompt_len is None or len(ids) != self._last + 1:   # first call, or reused for a new request
             self._prompt_len = len(ids)
             self._reset()
         self._last = len(ids)
-        return list(ids[self._prompt_len:])
+        return len(ids) - self._prompt_len
+
+    def _generated(self, ids: list[int]) -> list[int]:
+        return list(ids[len(ids) - self._made(ids):])
 
     def _reset(self):
         pass
@@ -413,14 +417,10 @@ class _GreenRow(_Row):
     def _row_context(self, ids) -> tuple[int, ...] | None:
         """The context of the next token, or None while inside the first `green_skip_first` tokens.
         Reads only the tail of `ids` (the engine's list grows by a token per step)."""
-        if self._prompt_len is None or len(ids) != self._last + 1:
-            self._prompt_len = len(ids)
-        self._last = len(ids)
-        made = len(ids) - self._prompt_len
+        made = self._made(ids)
         if made < self._skip:
             return None
-        tail = tuple(ids[len(ids) - min(made, self._h):]) if made else ()
-        return (-1,) * (self._h - len(tail)) + tail
+        return _context(ids[len(ids) - min(made, self._h):], self._h)
 
     @classmethod
     def apply_batch(cls, procs: list[_GreenRow], ids_per_row: list, logits: torch.Tensor, rows: list[int]) -> None:
@@ -460,10 +460,9 @@ class _GreenRow(_Row):
     def __call__(self, ids, logits):
         import torch
 
-        generated = self._generated(ids)
-        if len(generated) < self._skip:
+        ctx = self._row_context(ids)
+        if ctx is None:
             return logits
-        ctx = _context(generated, self._h)
         candidates = torch.nonzero(logits >= float(logits.max()) - self._reach).flatten().tolist()
         if 4 * len(candidates) >= logits.shape[-1]:
             green = torch.from_numpy(_green_mask(self._key, self._threshold, ctx, logits.shape[-1]))

@@ -154,8 +154,8 @@ def _fuse_transposed(linears: list) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x @ weight (+ bias), weight [in, out]."""
-    return torch.addmm(bias, x, weight) if bias is not None and x.dim() == 2 else (
-        x @ weight if bias is None else x @ weight + bias)
+    out = x @ weight
+    return out if bias is None else out + bias
 
 
 def slot_decoder_unfit(model) -> str | None:

@@ -3,18 +3,13 @@ with `hkllm export gguf`, answered by llama.cpp, with hkllm's keys, cache, audit
 answers (`ignore_eos`) kept. Runs only where a `llama-server` binary is on PATH (README: how to
 build it); skips, saying so, elsewhere."""
 
-import shutil
-import socket
 import sqlite3
-import subprocess
-import time
-import urllib.error
-import urllib.request
 
 import openai
 import pytest
 
-LLAMA_SERVER = shutil.which("llama-server")
+from tests.llama_cpp import LLAMA_SERVER, llama_server
+
 pytestmark = pytest.mark.skipif(LLAMA_SERVER is None, reason="no llama-server on PATH (README, 'Load testing': "
                                 "how to build it from llama-cpp-python's sdist, ~11-15 min); the gateway-in-front "
                                 "path is then untested here")
@@ -27,27 +22,8 @@ def llama_url(model_dir, tmp_path_factory):
 
     gguf = tmp_path_factory.mktemp("llama") / "tiny-chat.f32.gguf"
     export_gguf(model_dir, gguf, "f32")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([LLAMA_SERVER, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-t", "1",
-                             "-c", "2048", "-np", "2", "--no-warmup"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(300):
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            assert proc.poll() is None, "llama-server exited: it could not load the GGUF"
-            time.sleep(0.1)
+    with llama_server(gguf, "-t", "1", "-c", "2048", "-np", "2", "--no-warmup") as url:
         yield url + "/v1"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_gateway_in_front_of_llama_server_keeps_keys_cache_audit(serve, engine, llama_url, tmp_path):

@@ -7,12 +7,12 @@ file when a llama-cli/llama-server binary is on PATH."""
 import json
 import os
 import shutil
-import subprocess
 
 import pytest
 
 from hkllm.cli import main
 from hkllm.errors import UserError
+from tests.llama_cpp import LLAMA_SERVER, llama_server
 
 gguf = pytest.importorskip("gguf", reason="gguf is installed by `make` (pyproject dependencies)")
 
@@ -215,7 +215,7 @@ def test_cli_refuses_an_unsupported_architecture_and_an_existing_file(tiny, tmp_
 
 
 def llama_cpp_skip_reason():
-    if shutil.which("llama-server"):
+    if LLAMA_SERVER:
         return None
     found = [b for b in ("llama-cli", "llama-simple") if shutil.which(b)]
     if found:
@@ -228,50 +228,28 @@ def llama_cpp_skip_reason():
 @pytest.mark.skipif(llama_cpp_skip_reason() is not None, reason=str(llama_cpp_skip_reason()))
 def test_llama_cpp_greedy_tokens_equal_transformers(tiny, exported):
     """llama-server's /completion on the f32 file: same prompt tokens and same greedy continuation."""
-    import socket
-    import time
-    import urllib.error
     import urllib.request
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    server = shutil.which("llama-server")
     path, _ = exported["f32"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
 
-    def post(endpoint, body):
+    def post(url, endpoint, body):
         request = urllib.request.Request(url + endpoint, data=json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as r:
             return json.load(r)
 
-    proc = subprocess.Popen([server, "-m", str(path), "--port", str(port), "-t", "1", "-c", "256"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(300):
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            assert proc.poll() is None, "llama-server exited: it could not load the GGUF"
-            time.sleep(0.1)
+    with llama_server(path, "-t", "1", "-c", "256") as url:
         tok = AutoTokenizer.from_pretrained(tiny)
         expected = greedy(AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32), tok, PROMPTS)
         for prompt, want in zip(PROMPTS, expected):
             ids = tok(prompt)["input_ids"]
-            assert post("/tokenize", {"content": prompt})["tokens"] == ids
-            r = post("/completion", {"prompt": ids, "n_predict": NEW_TOKENS, "temperature": 0, "top_k": 1,
-                                     "ignore_eos": True, "return_tokens": True, "cache_prompt": False})
+            assert post(url, "/tokenize", {"content": prompt})["tokens"] == ids
+            r = post(url, "/completion", {"prompt": ids, "n_predict": NEW_TOKENS, "temperature": 0, "top_k": 1,
+                                          "ignore_eos": True, "return_tokens": True, "cache_prompt": False})
             assert r["tokens"] == want
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.mark.skipif(os.environ.get("HKLLM_REALMODEL", "") not in ("smoke", "full"),
