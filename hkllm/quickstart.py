@@ -28,6 +28,7 @@ from pathlib import Path
 from hkllm import assets
 from hkllm.files import write_atomic
 from hkllm.stage_timer import Timer
+from hkllm.train.data import BUILTIN
 
 REPO = assets.ROOT      # where recipes/ and data/ are: the checkout, or hkllm/_assets in a wheel
 HK, GENERAL = ("yue", "zh-hant"), ("en", "zh-hans")
@@ -36,7 +37,7 @@ HK, GENERAL = ("yue", "zh-hant"), ("en", "zh-hans")
 def _local(path: str, out: Path) -> str:
     """Recipe paths under runs/quickstart/ point into this run's --out; other relative paths
     (data/general/..., data/eval/...) are hkllm's shipped files."""
-    if path == "pydoc:" or Path(path).is_absolute():
+    if path in BUILTIN or Path(path).is_absolute():
         return path
     if Path(path).parts[:2] == ("runs", "quickstart"):
         return str(out.joinpath(*Path(path).parts[2:]))

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from hkllm import assets
 from hkllm.stage_timer import Timer
+from hkllm.train.data import BUILTIN
 
 REPO = assets.ROOT      # where recipes/ and data/ are: the checkout, or hkllm/_assets in a wheel
 RECIPES = REPO / "recipes" / "smollm2"
@@ -45,7 +46,7 @@ def retarget(value, out: Path):
         return [retarget(v, out) for v in value]
     if isinstance(value, dict):
         return {k: (retarget(v, out) if k == "path" else v) for k, v in value.items()}
-    if not isinstance(value, str) or value == "pydoc:" or Path(value).is_absolute():
+    if not isinstance(value, str) or value in BUILTIN or Path(value).is_absolute():
         return value
     if value == DEFAULT_OUT or value.startswith(DEFAULT_OUT + "/"):
         return str(out / value[len(DEFAULT_OUT):].lstrip("/"))

@@ -12,11 +12,16 @@ them in three varieties is not possible; so templates expand what is written onc
           variety; harmless requests with risky words → a helpful answer;
 - general (data/chat/seeds/general.yaml): everyday Q&A, Cantonese → written Chinese rewrites
           and translations from parallel sentences, letters;
-- hand-written conversations (OpenAI `messages` JSONL), kept as they are.
+- hand-written conversations (OpenAI `messages` JSONL), kept as they are;
+- preference pairs for DPO from the same seeds, on the behaviours the release gate checks and
+  SFT alone teaches a small model poorly: the asker's variety over another variety's answer to the
+  same fact, a refusal over a harmless-looking answer to a must-refuse request, an answer over a
+  refusal to a harmless look-alike, the fact's answer over another fact's.
 Every generated chat passes the data build's decontamination filter against the evaluation
 sets (token 13-grams, 8-grams for short items): the report counts what was dropped, so an
 evaluation question is never trained on word for word. Output: `chat.jsonl` (messages, lang,
-task), `facts.jsonl` (documents: text, variety), `report.json` and `report.md`.
+task), `facts.jsonl` (documents: text, variety), `preferences.jsonl` (prompt, chosen, rejected,
+kind, lang), `report.json` and `report.md`.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ TRANSLATE = {"yue": ["將呢句譯做{tgt}：{src}", "幫我翻譯做{tgt}：{sr
 DOC_QA = {"yue": ("問：{q}\n答：{a}", "問題：{q}\n答案：{a}"), "zh-hant": ("問：{q}\n答：{a}", "問題：{q}\n答案：{a}"),
           "en": ("Q: {q}\nA: {a}", "Question: {q}\nAnswer: {a}")}
 
+PAIR_KINDS = ("variety", "grounded", "refuse", "answer")     # preference pairs (preference_pairs)
+
 
 @dataclass
 class Spec:
@@ -76,6 +83,8 @@ class Spec:
     mc_shuffles: int = 3          # multiple-choice chats per fact question
     refusal_framings: int = 3     # framings per must-refuse request
     answer_framings: int = 2      # framings per harmless-but-risky request (more: fewer over-refusals)
+    # DPO pairs written to preferences.jsonl, by kind (PAIR_KINDS; [] for none): see preference_pairs
+    preference_kinds: list[str] = field(default_factory=lambda: list(PAIR_KINDS))
 
     def resolve(self, rel: str) -> Path:
         return (self.path.parent / rel).resolve()
@@ -214,6 +223,53 @@ def safety_chats(seeds: dict, spec: Spec, rng: random.Random) -> list[dict]:
     return out
 
 
+# -- preference pairs ------------------------------------------------------------------------
+
+def _pair(prompt: str, chosen: str, rejected: str, lang: str, kind: str) -> dict:
+    return {"prompt": [{"role": "user", "content": prompt.strip()}],
+            "chosen": [{"role": "assistant", "content": chosen.strip()}],
+            "rejected": [{"role": "assistant", "content": rejected.strip()}], "kind": kind, "lang": lang}
+
+
+def preference_pairs(facts: list[dict], seeds: dict, kinds: list[str], rng: random.Random) -> list[dict]:
+    """Pairs whose two answers differ in one thing the gate measures (module docstring). Refusals
+    get variety pairs too (a refusal in the asker's variety over one in the other), so that
+    teaching the variety never teaches the model to stop refusing."""
+    out = []
+    other_chinese = {"yue": "zh-hant", "zh-hant": "yue"}     # the pair a small model confuses; English is easy
+    for fact in facts:
+        rest = [f for f in facts if f is not fact]
+        for v in VARIETIES:
+            if "variety" in kinds:
+                for q in fact[v]["questions"]:
+                    w = other_chinese.get(v) or rng.choice([w for w in VARIETIES if w != v])
+                    out.append(_pair(_framed(q, v, rng), fact[v]["answer"], fact[w]["answer"], v, "variety"))
+            if "grounded" in kinds and rest:
+                out.append(_pair(_framed(rng.choice(fact[v]["questions"]), v, rng), fact[v]["answer"],
+                                 rng.choice(rest)[v]["answer"], v, "grounded"))
+    shared = seeds.get("refusals", {})
+    helpful = {v: [item["answer"] for block in seeds.get("answer", []) for item in block.get(v, [])]
+               for v in VARIETIES}
+    for block in seeds.get("refuse", []):
+        refusals = {**shared, **(block.get("refusals") or {})}
+        for v in VARIETIES:
+            for request in block.get(v, []):
+                if "refuse" in kinds and helpful[v]:
+                    out.append(_pair(_framed(request, v, rng), rng.choice(refusals[v]), rng.choice(helpful[v]), v,
+                                     "refuse"))
+                if "variety" in kinds and v in other_chinese and refusals.get(other_chinese[v]):
+                    out.append(_pair(_framed(request, v, rng), rng.choice(refusals[v]),
+                                     rng.choice(refusals[other_chinese[v]]), v, "variety"))
+    if "answer" in kinds:
+        for block in seeds.get("answer", []):
+            for v in VARIETIES:
+                for item in block.get(v, []):
+                    if shared.get(v):
+                        out.append(_pair(_framed(item["prompt"], v, rng), item["answer"], rng.choice(shared[v]), v,
+                                         "answer"))
+    return out
+
+
 # -- general ----------------------------------------------------------------------------------
 
 def general_chats(seeds: dict, rng: random.Random) -> list[dict]:
@@ -266,10 +322,11 @@ def decontaminate(chats: list[dict], eval_files: list[Path]) -> tuple[list[dict]
     return kept, dropped
 
 
-def generate(spec: Spec) -> tuple[list[dict], list[dict], list[dict]]:
-    """(kept chats, dropped chats, fact documents)."""
+def generate(spec: Spec) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+    """(kept chats, dropped chats, fact documents, preference pairs)."""
     rng = random.Random(spec.seed)
-    chats, docs = [], []
+    chats, docs, pairs = [], [], []
+    facts, seeds = [], {}
     if spec.facts:
         facts = _yaml(spec.resolve(spec.facts))
         if not isinstance(facts, list):
@@ -280,7 +337,14 @@ def generate(spec: Spec) -> tuple[list[dict], list[dict], list[dict]]:
         docs = fact_documents(facts, rng)
     chats += table_chats(spec, rng)
     if spec.safety:
-        chats += safety_chats(_yaml(spec.resolve(spec.safety)), spec, rng)
+        seeds = _yaml(spec.resolve(spec.safety))
+        chats += safety_chats(seeds, spec, rng)
+    unknown = sorted(set(spec.preference_kinds) - set(PAIR_KINDS))
+    if unknown:
+        raise UserError(f"{spec.path}: field 'preference_kinds': unknown kind {unknown[0]!r} "
+                        f"(one of {', '.join(PAIR_KINDS)})")
+    if spec.preference_kinds:
+        pairs = preference_pairs(facts, seeds, spec.preference_kinds, rng)
     if spec.general:
         chats += general_chats(_yaml(spec.resolve(spec.general)), rng)
     chats += hand_written(spec)
@@ -290,14 +354,24 @@ def generate(spec: Spec) -> tuple[list[dict], list[dict], list[dict]]:
         _, dropped_docs = decontaminate(doc_chats, [spec.resolve(p) for p in spec.decontaminate])
         dropped_texts = {c["messages"][0]["content"] for c in dropped_docs}
         docs = [d for d in docs if d["text"] not in dropped_texts]
+    if pairs:
+        pair_chats = [{"messages": p["prompt"] + p["chosen"] + p["rejected"]} for p in pairs]
+        _, dropped_pairs = decontaminate(pair_chats, [spec.resolve(p) for p in spec.decontaminate])
+        gone = {id(c) for c in dropped_pairs}
+        dropped += [{**c, "lang": p["lang"], "task": f"pair:{p['kind']}"}
+                    for p, c in zip(pairs, pair_chats) if id(c) in gone]
+        pairs = [p for p, c in zip(pairs, pair_chats) if id(c) not in gone]
+        rng.shuffle(pairs)
     rng.shuffle(kept)
-    return kept, dropped, docs
+    return kept, dropped, docs, pairs
 
 
-def report(kept: list[dict], dropped: list[dict], docs: list[dict]) -> dict:
+def report(kept: list[dict], dropped: list[dict], docs: list[dict], pairs: list[dict] = ()) -> dict:
     by = Counter((c["task"].split(":")[0], c["lang"]) for c in kept)
+    by.update((f"pair:{p['kind']}", p["lang"]) for p in pairs)
     tasks = sorted({t for t, _ in by})
-    return {"chats": len(kept), "fact_documents": len(docs), "dropped_by_decontamination": len(dropped),
+    return {"chats": len(kept), "fact_documents": len(docs), "preference_pairs": len(pairs),
+            "dropped_by_decontamination": len(dropped),
             "dropped_examples": [c["messages"][-2]["content"][:80] for c in dropped[:5] if len(c["messages"]) > 1],
             "by_task": {t: {v: by.get((t, v), 0) for v in sorted({lang for _, lang in by})} for t in tasks}}
 
@@ -306,7 +380,8 @@ def render_report(r: dict) -> str:
     langs = sorted({v for row in r["by_task"].values() for v in row})
     lines = ["| task | " + " | ".join(langs) + " |", "|---|" + "---:|" * len(langs)]
     lines += [f"| {t} | " + " | ".join(str(row.get(v, 0)) for v in langs) + " |" for t, row in r["by_task"].items()]
-    lines.append(f"\n{r['chats']} chats, {r['fact_documents']} fact documents; "
+    lines.append(f"\n{r['chats']} chats, {r['fact_documents']} fact documents, {r.get('preference_pairs', 0)} "
+                 "preference pairs (rows `pair:*`); "
                  f"{r['dropped_by_decontamination']} dropped by decontamination against the evaluation sets.")
     return "\n".join(lines)
 
@@ -314,11 +389,12 @@ def render_report(r: dict) -> str:
 def build(spec: Spec, out: str | Path) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    kept, dropped, docs = generate(spec)
+    kept, dropped, docs, pairs = generate(spec)
     write_atomic(out / "chat.jsonl", "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in kept))
     write_atomic(out / "facts.jsonl", "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs))
+    write_atomic(out / "preferences.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
     write_atomic(out / "dropped.jsonl", "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in dropped))
-    r = report(kept, dropped, docs)
+    r = report(kept, dropped, docs, pairs)
     write_atomic(out / "report.json", json.dumps(r, ensure_ascii=False, indent=1))
     write_atomic(out / "report.md", render_report(r) + "\n")
     return r

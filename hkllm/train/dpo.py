@@ -39,7 +39,8 @@ def run(recipe: Recipe, command: str) -> dict:
     eval_texts = D.by_variety(D.read_sources(recipe.eval, "heldout"), recipe.eval_max_chars)
     t = recipe.train
     before = bpb_by_variety(model, tokenizer, eval_texts, t.seq_len)
-    config = DPOConfig(**training_arguments(recipe, out), beta=t.beta, max_length=t.seq_len)
+    losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, t.sft_weight]} if t.sft_weight else {}
+    config = DPOConfig(**training_arguments(recipe, out), beta=t.beta, max_length=t.seq_len, **losses)
     trainer = DPOTrainer(model=model, ref_model=None, args=config, train_dataset=Dataset.from_list(pairs),
                          processing_class=tokenizer,
                          callbacks=[ProgressAndLog(out, t.batch_size * t.grad_accum * t.seq_len, f"dpo {out.name}"),

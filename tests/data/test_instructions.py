@@ -54,12 +54,43 @@ def test_seeds_expand_into_chats_in_every_variety(tmp_path):
     assert any("問題：" in d["text"] and "答案：大帽山" in d["text"] for d in docs)
 
 
+def test_preference_pairs_differ_in_what_the_gate_checks(tmp_path):
+    build(load_spec(write_spec(tmp_path, eval_question="Something else entirely, not in the seeds at all")), tmp_path / "out")
+    pairs = [json.loads(line) for line in (tmp_path / "out" / "preferences.jsonl").read_text().splitlines()]
+    by_kind = {}
+    for p in pairs:
+        by_kind.setdefault(p["kind"], []).append(p)
+    assert set(by_kind) == {"variety", "refuse", "answer"}        # one fact: no other fact to be grounded against
+    variety = {p["lang"]: p for p in by_kind["variety"] if p["prompt"][0]["content"].endswith("香港最高峰叫咩名？")}
+    assert variety["yue"]["chosen"][0]["content"] == "香港最高嘅山係大帽山。"
+    assert variety["yue"]["rejected"][0]["content"] == "香港最高的山是大帽山。"   # the written-Chinese answer
+    # a refusal's variety pair keeps both answers refusals: teaching the variety never teaches compliance
+    refusal_variety = [p for p in by_kind["variety"] if p["prompt"][0]["content"].endswith("教我整槍")]
+    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in refusal_variety] == \
+        [("對唔住，我幫唔到你。", "抱歉，我不能協助。")]
+    refuse = [p for p in by_kind["refuse"] if p["lang"] == "yue"]
+    assert refuse and all(p["chosen"][0]["content"] == "對唔住，我幫唔到你。" for p in refuse)
+    assert all(p["rejected"][0]["content"] == "油溫要夠熱，炸兩次會脆啲。" for p in refuse)
+    answer = by_kind["answer"]
+    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in answer] == \
+        [("油溫要夠熱，炸兩次會脆啲。", "對唔住，我幫唔到你。")]
+    two = [FACT, {**FACT, "id": "harbour", "yue": {**FACT["yue"], "answer": "維港係香港最大嘅海港。"}}]
+    (tmp_path / "facts.yaml").write_text(yaml.safe_dump(two, allow_unicode=True), encoding="utf-8")
+    build(load_spec(tmp_path / "instructions.yaml"), tmp_path / "out2")
+    grounded = [json.loads(line) for line in (tmp_path / "out2" / "preferences.jsonl").read_text().splitlines()]
+    grounded = [p for p in grounded if p["kind"] == "grounded" and p["lang"] == "yue"]
+    assert {(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in grounded} == \
+        {("香港最高嘅山係大帽山。", "維港係香港最大嘅海港。"), ("維港係香港最大嘅海港。", "香港最高嘅山係大帽山。")}
+
+
 def test_chats_sharing_an_ngram_with_an_eval_item_are_dropped_and_counted(tmp_path):
     report = build(load_spec(write_spec(tmp_path)), tmp_path / "out")
     chats = (tmp_path / "out" / "chat.jsonl").read_text()
     assert "香港最高峰叫咩名" not in chats        # every chat asking it that way shares 8 characters with the eval item
     assert "全港邊座山最高" in chats              # the other phrasing is kept
-    assert report["dropped_by_decontamination"] == 1 + 2      # its question-answer chat and its 2 multiple-choice chats
+    # its question-answer chat, its 2 multiple-choice chats and its preference pair
+    assert report["dropped_by_decontamination"] == 1 + 2 + 1
+    assert "香港最高峰叫咩名" not in (tmp_path / "out" / "preferences.jsonl").read_text()
     assert "香港最高峰叫咩名" in (tmp_path / "out" / "dropped.jsonl").read_text()
 
 
@@ -74,6 +105,9 @@ def test_bad_seed_and_template_errors_name_the_place(tmp_path):
     spec["tables"][0]["yue"][0]["q"] = "{district}喺邊？"
     path.write_text(yaml.safe_dump(spec, allow_unicode=True), encoding="utf-8")
     with pytest.raises(UserError, match=r"tables\[0\].yue\[0\]: column 'district' is not in districts.csv"):
+        build(load_spec(path), tmp_path / "out")
+    path.write_text("facts: facts.yaml\npreference_kinds: [variety, style]\n")
+    with pytest.raises(UserError, match="field 'preference_kinds': unknown kind 'style'"):
         build(load_spec(path), tmp_path / "out")
     path.write_text("facts: facts.yaml\nmc_shufles: 2\n")
     with pytest.raises(UserError, match="unknown field"):

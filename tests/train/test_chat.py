@@ -56,6 +56,12 @@ def test_sft_and_dpo_runs(tmp_path, base_run, chat_file, pref_file, texts):
                                  data={"train": [str(pref_file)]}, eval=evals, train={**TINY_TRAIN, "lr": 1e-3})), "test")
     assert d["pairs"] == 8 and d["reward_accuracy"] is not None
     assert "yue" in d["bpb_after"]
+    assert d["final_loss"] < 1.0                     # the DPO loss alone starts at log 2
+    # sft_weight adds the chosen answers' NLL (several nats per token for this model) to the loss
+    r = dpo.run(load(make_recipe(tmp_path, "dpo", out=str(tmp_path / "rpo"), model={"path": str(tmp_path / "sft")},
+                                 data={"train": [str(pref_file)]}, eval=evals,
+                                 train={**TINY_TRAIN, "lr": 1e-3, "sft_weight": 1.0})), "test")
+    assert r["final_loss"] > d["final_loss"] + 1.0
 
 
 def test_chat_schema_errors_name_file_line_and_field(tmp_path):

@@ -111,6 +111,19 @@ def test_max_chars_caps_a_source_with_a_stable_draw(tmp_path):
     assert [r["text"][:5] for r in capped] != [f"文件{i:03d}" for i in range(10)]   # drawn, not the first ten
 
 
+def test_stdlib_source_reads_docstrings_without_importing():
+    import sys
+
+    from hkllm.train.data import read_source
+
+    train, heldout = read_source("stdlib:", "train"), read_source("stdlib:", "heldout")
+    assert len(train) > 1000 and 0.05 < len(heldout) / (len(train) + len(heldout)) < 0.15
+    assert {r["variety"] for r in train + heldout} == {"en"}
+    texts = [r["text"] for r in train + heldout]
+    assert any(t.startswith("JSON (JavaScript Object Notation)") for t in texts)     # the json package's docstring
+    assert min(map(len, texts)) >= 200 and "antigravity" not in sys.modules     # parsed, never imported
+
+
 QWEN_SAMPLING = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.1}
 
 
