@@ -32,7 +32,7 @@ def _is_data_build(path: str) -> bool:
 
 
 def stdlib_docstrings(min_chars: int = 200) -> list[dict]:
-    """Module, class and function docstrings of the standard library, longest prose first per file."""
+    """Module, class and function docstrings of the standard library (at least min_chars long), in file order."""
     import ast
     import sysconfig
 
