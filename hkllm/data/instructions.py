@@ -98,6 +98,9 @@ def load_spec(path: str | Path) -> Spec:
         value = getattr(spec, name)
         if value and not spec.resolve(value).exists():
             raise UserError(f"{path}: field '{name}': file not found: {spec.resolve(value)}")
+    unknown = sorted(set(spec.preference_kinds) - set(PAIR_KINDS))
+    if unknown:
+        raise UserError(f"{path}: field 'preference_kinds': unknown kind {unknown[0]!r} (one of {', '.join(PAIR_KINDS)})")
     return spec
 
 
@@ -309,12 +312,16 @@ def hand_written(spec: Spec) -> list[dict]:
 
 # -- decontamination, writing -----------------------------------------------------------------
 
-def decontaminate(chats: list[dict], eval_files: list[Path]) -> tuple[list[dict], list[dict]]:
-    from datatrove.data import Document
-
+def decontaminator(spec: Spec):
+    """One filter (one n-gram index of the evaluation sets) for everything generate() writes."""
     from hkllm.data.steps import Decontaminate, load_eval_texts
 
-    step = Decontaminate(load_eval_texts(eval_files))
+    return Decontaminate(load_eval_texts([spec.resolve(p) for p in spec.decontaminate]))
+
+
+def decontaminate(chats: list[dict], step) -> tuple[list[dict], list[dict]]:
+    from datatrove.data import Document
+
     kept, dropped = [], []
     for i, c in enumerate(chats):
         text = "\n".join(m["content"] for m in c["messages"])
@@ -339,34 +346,28 @@ def generate(spec: Spec) -> tuple[list[dict], list[dict], list[dict], list[dict]
     if spec.safety:
         seeds = _yaml(spec.resolve(spec.safety))
         chats += safety_chats(seeds, spec, rng)
-    unknown = sorted(set(spec.preference_kinds) - set(PAIR_KINDS))
-    if unknown:
-        raise UserError(f"{spec.path}: field 'preference_kinds': unknown kind {unknown[0]!r} "
-                        f"(one of {', '.join(PAIR_KINDS)})")
     if spec.preference_kinds:
         pairs = preference_pairs(facts, seeds, spec.preference_kinds, rng)
     if spec.general:
         chats += general_chats(_yaml(spec.resolve(spec.general)), rng)
     chats += hand_written(spec)
-    kept, dropped = decontaminate(chats, [spec.resolve(p) for p in spec.decontaminate])
+    step = decontaminator(spec)
+    kept, dropped = decontaminate(chats, step)
     if docs:
-        doc_chats = [{"messages": [{"role": "assistant", "content": d["text"]}]} for d in docs]
-        _, dropped_docs = decontaminate(doc_chats, [spec.resolve(p) for p in spec.decontaminate])
-        dropped_texts = {c["messages"][0]["content"] for c in dropped_docs}
-        docs = [d for d in docs if d["text"] not in dropped_texts]
+        doc_chats = [{"messages": [{"role": "assistant", "content": d["text"]}], "doc": d} for d in docs]
+        docs = [c["doc"] for c in decontaminate(doc_chats, step)[0]]
     if pairs:
-        pair_chats = [{"messages": p["prompt"] + p["chosen"] + p["rejected"]} for p in pairs]
-        _, dropped_pairs = decontaminate(pair_chats, [spec.resolve(p) for p in spec.decontaminate])
-        gone = {id(c) for c in dropped_pairs}
-        dropped += [{**c, "lang": p["lang"], "task": f"pair:{p['kind']}"}
-                    for p, c in zip(pairs, pair_chats) if id(c) in gone]
-        pairs = [p for p, c in zip(pairs, pair_chats) if id(c) not in gone]
+        pair_chats = [{"messages": p["prompt"] + p["chosen"] + p["rejected"], "lang": p["lang"],
+                       "task": f"pair:{p['kind']}", "pair": p} for p in pairs]
+        kept_pairs, dropped_pairs = decontaminate(pair_chats, step)
+        dropped += [{k: c[k] for k in ("messages", "lang", "task")} for c in dropped_pairs]
+        pairs = [c["pair"] for c in kept_pairs]
         rng.shuffle(pairs)
     rng.shuffle(kept)
     return kept, dropped, docs, pairs
 
 
-def report(kept: list[dict], dropped: list[dict], docs: list[dict], pairs: list[dict] = ()) -> dict:
+def report(kept: list[dict], dropped: list[dict], docs: list[dict], pairs: list[dict]) -> dict:
     by = Counter((c["task"].split(":")[0], c["lang"]) for c in kept)
     by.update((f"pair:{p['kind']}", p["lang"]) for p in pairs)
     tasks = sorted({t for t, _ in by})
@@ -380,7 +381,7 @@ def render_report(r: dict) -> str:
     langs = sorted({v for row in r["by_task"].values() for v in row})
     lines = ["| task | " + " | ".join(langs) + " |", "|---|" + "---:|" * len(langs)]
     lines += [f"| {t} | " + " | ".join(str(row.get(v, 0)) for v in langs) + " |" for t, row in r["by_task"].items()]
-    lines.append(f"\n{r['chats']} chats, {r['fact_documents']} fact documents, {r.get('preference_pairs', 0)} "
+    lines.append(f"\n{r['chats']} chats, {r['fact_documents']} fact documents, {r['preference_pairs']} "
                  "preference pairs (rows `pair:*`); "
                  f"{r['dropped_by_decontamination']} dropped by decontamination against the evaluation sets.")
     return "\n".join(lines)

@@ -15,6 +15,7 @@ can be mixed into pre-training in the very format the model will be asked in.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -31,8 +32,10 @@ def _is_data_build(path: str) -> bool:
     return path not in BUILTIN and (Path(path) / "datacard.json").exists()
 
 
-def stdlib_docstrings(min_chars: int = 200) -> list[dict]:
-    """Module, class and function docstrings of the standard library (at least min_chars long), in file order."""
+@functools.cache
+def stdlib_docstrings(min_chars: int = 200) -> tuple[str, ...]:
+    """Module, class and function docstrings of the standard library (at least min_chars long), in
+    file order; parsed once per process (~10 s), since a run reads its train and held-out sides apart."""
     import ast
     import sysconfig
 
@@ -49,8 +52,8 @@ def stdlib_docstrings(min_chars: int = 200) -> list[dict]:
             if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
                 doc = ast.get_docstring(node)
                 if doc and len(doc) >= min_chars:
-                    out.append({"text": doc, "variety": "en"})
-    return out
+                    out.append(doc)
+    return tuple(out)
 
 
 def _records(path: str, split: str) -> list[dict]:
@@ -59,7 +62,7 @@ def _records(path: str, split: str) -> list[dict]:
 
         return [{"text": t, "variety": "en"} for _, t in sorted(topics.items())]
     if path == "stdlib:":
-        return stdlib_docstrings()
+        return [{"text": t, "variety": "en"} for t in stdlib_docstrings()]
     p = Path(path)
     if _is_data_build(path):
         files = sorted((p / ("heldout" if split == "heldout" else "train")).glob("*.jsonl"))
