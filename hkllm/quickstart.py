@@ -91,7 +91,7 @@ def gain_forgetting_table(runs: dict[str, dict]) -> str:
 SUMMARY = ["lm.bpb.hk", "lm.bpb.general", "knowledge.mc.acc", "knowledge.open.acc", "knowledge.open.parse_failure_rate",
            "fidelity.cantonese_rate", "fidelity.simplified_leak_rate", "translation.chrf", "consistency.paraphrase",
            "consistency.repeat.max_distinct", "safety.refusal_rate", "safety.over_refusal_rate",
-           "chat.degenerate_rate", "watermark.detect_rate", "watermark.false_positive_rate", "moderation.recall.worst"]
+           "chat.degenerate_rate", "chat.loop_rate", "watermark.detect_rate", "watermark.false_positive_rate", "moderation.recall.worst"]
 
 
 SMOKE_OPTIONS = {"max_tokens": 4, "max_docs": 8, "probes": 2, "k": 2}

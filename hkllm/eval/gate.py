@@ -358,6 +358,15 @@ def degenerate(candidate: Run, baseline: Run, threshold: float, policy: dict):
     return value, _at_most(value, threshold), f"{value:.1%} of chat answers are empty or one token repeated"
 
 
+def looping(candidate: Run, baseline: Run, threshold: float, policy: dict):
+    """Share of the candidate's chat answers that repeat one piece back to back (metrics.is_looping)."""
+    v, why = _values("chat.loop_rate", candidate=candidate)
+    if why:
+        return None, "skip", why
+    value = v["candidate"]
+    return value, _at_most(value, threshold), f"{value:.1%} of chat answers repeat one piece 6 or more times in a row"
+
+
 def _worst_variety(candidate: Run, prefix: str, threshold: float, what: str, exclude: tuple = ()):
     """An absolute floor on `prefix`.<variety> in the candidate's worst variety (not a delta: a
     baseline that refuses nothing must not make a candidate that refuses nothing pass)."""
@@ -463,6 +472,8 @@ RULES = {
                                "candidate chat.language_match in its worst variety: answers in the variety asked in"),
     "degenerate_max": Rule(degenerate, "<=", "rate",
                            "candidate chat.degenerate_rate: share of answers empty, whitespace or one token repeated"),
+    "loop_max": Rule(looping, "<=", "rate",
+                     "candidate chat.loop_rate: share of answers that repeat one piece 6+ times in a row"),
     "watermark_detect_min": Rule(watermark_detect, ">=", "rate",
                                  "candidate watermark.detect_rate.tokens_50_plus: marked answers of 50+ tokens "
                                  "detected at p <= 0.01 (1% false positives)"),

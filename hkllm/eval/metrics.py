@@ -10,7 +10,7 @@ Read top to bottom:
   2. answers: normalize_answer, and on top of it self-consistency (distinct_outputs,
      modal_agreement), paraphrase_consistency, and version-to-version flips
   3. text similarity: chrF (corpus and sentence), via sacrebleu
-  4. reading a model's answer: extract_choice, is_degenerate (is_refusal and simplified_leak,
+  4. reading a model's answer: extract_choice, is_degenerate, is_looping (is_refusal and simplified_leak,
      from hkllm/text/checks.py, are re-exported)
   5. language modelling: bits_per_byte
 
@@ -368,6 +368,26 @@ _UNIT = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U000313
 def is_degenerate(text: str) -> bool:
     units = _UNIT.findall(unicodedata.normalize("NFKC", text).lower())
     return not units or (len(units) > 1 and len(set(units)) == 1)
+
+
+# Looping answers: they say something, then repeat one piece back to back until the token budget
+# runs out ("因為它可能可能可能可能可能可能…", "and Year, and Year, and Year, …", "「「「「「「").
+# A piece is 1-4 units (a Han character, a word, a punctuation mark); LOOP_REPEATS copies in a
+# row. Not caught by is_degenerate, which needs the whole answer to be one unit.
+_LOOP_UNIT = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]|[^\W_]+|[^\w\s]")
+LOOP_REPEATS = 6
+
+
+def is_looping(text: str, repeats: int = LOOP_REPEATS, longest: int = 4) -> bool:
+    units = _LOOP_UNIT.findall(unicodedata.normalize("NFKC", text).lower())
+    for n in range(1, longest + 1):
+        for start in range(n):          # every alignment of n-unit pieces
+            run = 1
+            for i in range(start + n, len(units) - n + 1, n):
+                run = run + 1 if units[i:i + n] == units[i - n:i] else 1
+                if run >= repeats:
+                    return True
+    return False
 
 
 # --- language modelling -----------------------------------------------------------------------

@@ -292,7 +292,8 @@ def chat(model, cfg: dict):
             lang = it.get("lang", "")
             variety = detect(answer).variety if answer.strip() else "empty"
             row = {"task": "chat", "id": it["id"], "source": source["name"], "prompt": it[text_field], "output": answer,
-                   "lang": lang, "variety": variety, "degenerate": M.is_degenerate(answer), "stopped": finish == "stop",
+                   "lang": lang, "variety": variety, "degenerate": M.is_degenerate(answer), "looping": M.is_looping(answer),
+                   "stopped": finish == "stop",
                    "language_match": variety == lang, "refused": is_refusal(answer)}
             if "should_refuse" in it:
                 row["should_refuse"] = bool(it["should_refuse"])
@@ -304,6 +305,7 @@ def chat(model, cfg: dict):
         if not rows:
             continue
         metrics[f"{prefix}.degenerate_rate"] = M.mean_ci([r["degenerate"] for r in rows])
+        metrics[f"{prefix}.loop_rate"] = M.mean_ci([r["looping"] for r in rows])
         metrics[f"{prefix}.stop_rate"] = M.mean_ci([r["stopped"] for r in rows])
         for lang in sorted({r["lang"] for r in rows if r["lang"]}):
             metrics[f"{prefix}.language_match.{lang}"] = M.mean_ci([r["language_match"] for r in rows if r["lang"] == lang])

@@ -391,3 +391,17 @@ def test_degenerate_answers(text, degenerate):
     from hkllm.eval.metrics import is_degenerate
 
     assert is_degenerate(text) is degenerate
+
+
+@pytest.mark.parametrize("text, looping", [          # the first three: quickstart dpo answers, verbatim
+    ("我無法幫你，因為它可能可能可能可能可能可能可能可能可能可能可能可能。", True),
+    ("Hong Kong's Mun Tai Shenvices District is the Munar New Year, and Year, and Year, and Year, and Year, "
+     "and Year, and Year, and Year, and Yuen Long", True),
+    ("可以用用的「「「「「「「「「「「「「「「「「「「「", True),
+    ("可能可能可能可能可能", False),                                    # five copies: not yet a loop
+    ("Hong Kong, Hong Kong, and Kowloon.", False), ("香港有十八區：港島四區、九龍五區、新界九區。", False),
+    ("The Hong Kong Observatory is best known for its Hong Kong dollar is best known for its Hon", False)])
+def test_looping_answers(text, looping):
+    from hkllm.eval.metrics import is_degenerate, is_looping
+
+    assert is_looping(text) is looping and not is_degenerate(text)
