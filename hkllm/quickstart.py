@@ -4,7 +4,8 @@
 
 1. data          build the demo corpus (recipes/data/demo.yaml) and print its data card
 2. instructions  generate the chat training set (recipes/data/instructions.yaml)
-3. base          train a tiny general model from scratch (recipes/tiny/base.yaml)
+3. base          the tiny general model hkllm ships (data/models/tiny-base, trained from scratch by
+                 recipes/tiny/base.yaml in ~10 min; `--train-base` trains it again)
 4. cpt           localize it on the chat set and the corpus, with replay (`--compare-replay`: also
                  without, for the gain/forgetting table)
 5. sft           chat fine-tuning on the chat set (assistant tokens only), with replay
@@ -46,6 +47,30 @@ def _local(path: str, out: Path) -> str:
 
 def _local_specs(specs: list, out: Path) -> list:
     return [dict(spec, path=_local(spec["path"], out)) if isinstance(spec, dict) else _local(spec, out) for spec in specs]
+
+
+SHIPPED_BASE = "data/models/tiny-base"
+# what a model folder needs to load and train on; the rest of a run folder (checkpoints) is not shipped
+_BASE_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+               "chat_template.jinja", "recipe.yaml", "train_log.jsonl", "metrics.json")
+
+
+def shipped_base(out: Path):
+    """Copy the shipped base into out/base: the way a real run starts from an open-weight model.
+    metrics.json goes last, so an interrupted copy is redone rather than taken for a finished stage."""
+    import shutil
+
+    run_dir, source = out / "base", REPO / SHIPPED_BASE
+    if (run_dir / "metrics.json").exists():
+        print(f"== base: done earlier, skipped ({run_dir}) ==")
+        return json.loads((run_dir / "metrics.json").read_text()), True
+    print(f"== base: the shipped tiny base {SHIPPED_BASE} (recipes/tiny/base.yaml; --train-base trains it "
+          f"again, ~10 min) → {run_dir} / 使用隨附基座模型 ==", flush=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in _BASE_FILES:
+        shutil.copyfile(source / name, run_dir / (name + ".tmp"))
+        (run_dir / (name + ".tmp")).replace(run_dir / name)
+    return json.loads((run_dir / "metrics.json").read_text()), False
 
 
 def _stage(name: str, recipe_file: str, out: Path, model_path: Path | None, smoke: bool, **fields):
@@ -187,7 +212,10 @@ def _run(args) -> int:
     timer.run("instructions", instructions)
     if stopped("instructions"):
         return 0
-    timer.run("base", lambda: _stage("base", "base.yaml", out, None, args.smoke))
+    if args.train_base or args.smoke:
+        timer.run("base", lambda: _stage("base", "base.yaml", out, None, args.smoke))
+    else:
+        timer.run("base", lambda: shipped_base(out))
     if stopped("base"):
         return 0
     runs = {}
@@ -232,7 +260,7 @@ def _run(args) -> int:
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "quickstart", help="end-to-end demo on the embedded default: data → base → cpt → sft → dpo",
-        description="Run the whole hkllm pipeline on the embedded default (a tiny model trained from scratch), "
+        description="Run the whole hkllm pipeline on the embedded default (a tiny model hkllm trained from scratch and ships), "
         "small enough for a 2-core laptop. Re-running skips finished stages and resumes interrupted ones.",
     )
     p.add_argument("--out", default="runs/quickstart", help="output folder (default: runs/quickstart)")
@@ -242,6 +270,9 @@ def add_parser(subparsers) -> None:
                    help="chat training set recipe (default: recipes/data/instructions.yaml)")
     p.add_argument("--compare-replay", action="store_true",
                    help="also train cpt without replay, to show what replay saves (adds ~2 min on 2 cores)")
+    p.add_argument("--train-base", action="store_true",
+                   help=f"train the base from scratch (recipes/tiny/base.yaml, ~10 min on 2 cores) instead of "
+                        f"copying the shipped one ({SHIPPED_BASE})")
     p.add_argument("--force", action="store_true", help="discard earlier results in --out and start again")
     p.add_argument("--smoke", action="store_true", help="a few steps of a very small model per stage (for tests)")
     p.add_argument("--stop-after", choices=["data", "instructions", "base", "cpt", "sft", "dpo"],

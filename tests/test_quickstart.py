@@ -42,3 +42,24 @@ def test_quickstart_runs_every_stage_and_prints_the_tables(tmp_path):
                            capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 5
     assert "earlier run" in again.stdout      # the timing table still shows the stages the first run did
+
+
+def test_the_shipped_base_is_what_its_recipe_trains_and_copies_into_a_run(tmp_path):
+    """data/models/tiny-base is recipes/tiny/base.yaml's output: same shape, same data, same steps."""
+    import yaml
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hkllm.quickstart import REPO, SHIPPED_BASE, shipped_base
+    from hkllm.train.recipe import load
+
+    recipe = load(REPO / "recipes" / "tiny" / "base.yaml")
+    shipped = yaml.safe_load((REPO / SHIPPED_BASE / "recipe.yaml").read_text())
+    assert shipped["model"] == {"path": None, **{k: getattr(recipe.model, k) for k in shipped["model"] if k != "path"}}
+    assert shipped["data"]["train"] == recipe.data.train and shipped["train"]["max_steps"] == recipe.train.max_steps
+    metrics, done = shipped_base(tmp_path)
+    assert not done and metrics["steps"] == recipe.train.max_steps
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    assert model.config.hidden_size == recipe.model.hidden_size and model.config.vocab_size == recipe.model.vocab_size
+    assert AutoTokenizer.from_pretrained(tmp_path / "base").chat_template
+    assert not (tmp_path / "base" / "checkpoints").exists() and not list((tmp_path / "base").glob("*.tmp"))
+    assert shipped_base(tmp_path)[1] is True          # a finished copy is not redone
