@@ -71,17 +71,19 @@ from pathlib import Path
 import hkllm, hkllm.assets as assets, hkllm.quickstart as q
 from hkllm.eval import gate
 from hkllm.eval.lm_eval_tasks import FOLDER, hk_knowledge
+from hkllm.train.data import BUILTIN
 from hkllm.train.recipe import load
 out = Path("qs").resolve()
 paths = []
 for name in ("base", "cpt", "sft", "dpo"):
     r = load(q.REPO / "recipes" / "tiny" / f"{name}.yaml")
     paths += [q._local(s["path"] if isinstance(s, dict) else s, out) for s in r.data.train + r.data.replay + r.eval]
+paths += [str(q.REPO / q.SHIPPED_BASE / f) for f in q._BASE_FILES]      # the base the quickstart copies
 suite = q._suite(out, smoke=True)
 import yaml
 for cfg in yaml.safe_load(suite.read_text(encoding="utf-8"))["tasks"].values():
     paths += [cfg[k] for k in ("path", "policy") if k in cfg] + [s["path"] for s in cfg.get("sources", [])]
-missing = [p for p in paths if p != "pydoc:" and not p.startswith(str(out)) and not Path(p).exists()]
+missing = [p for p in paths if p not in BUILTIN and not p.startswith(str(out)) and not Path(p).exists()]
 gate.load_policy(q.REPO / "recipes" / "eval" / "gate.yaml")
 print(json.dumps({"hkllm": hkllm.__file__, "root": str(assets.ROOT), "missing": missing, "n": len(paths),
                   "task": (FOLDER / "hk_knowledge_mc.yaml").is_file(), "items": len(hk_knowledge()["test"])}))
