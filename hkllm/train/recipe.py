@@ -25,7 +25,7 @@ from hkllm.precision import CHOICES
 STAGES = ("base", "cpt", "sft", "dpo")
 Stage = Literal[STAGES]
 Precision = Literal[CHOICES]      # auto | fp32 | bf16 | fp16
-# A source: a path (FILE | FOLDER | "pydoc:" | "stdlib:") or {path, variety, split: train|heldout|all, max_chars}
+# A source: a path (FILE | FOLDER | "pydoc:" | "stdlib:") or {path, variety, split: train|heldout|all, max_chars, tasks}
 SourceSpec = str | dict
 
 
@@ -43,7 +43,8 @@ class ModelSpec:
 
 @dataclass
 class DataSpec:
-    # Each entry: {path: FILE|FOLDER|"pydoc:"|"stdlib:", variety: optional, split: train|heldout|all}
+    # Each entry: {path: FILE|FOLDER|"pydoc:"|"stdlib:", variety: optional, split: train|heldout|all,
+    #              max_chars: optional cap, tasks: optional task patterns (hkllm/train/data.py)}
     train: list[SourceSpec] = field(default_factory=list)
     replay: list[SourceSpec] = field(default_factory=list)   # original-domain data replayed against forgetting
     replay_share: float = 0.0                    # share of training characters taken from `replay`
@@ -68,6 +69,8 @@ class TrainSpec:
     sft_weight: float = 0.0          # dpo: weight of the chosen answers' NLL beside the DPO loss (RPO;
                                      # TRL loss_type [sigmoid, sft]): keeps a small model's text from drifting
     packing: bool = True             # sft: pack conversations without attention across them
+    gradient_checkpointing: bool = False   # recompute activations in the backward pass: memory for time
+                                     # (~40% slower); for big models on GPUs, not small ones (TRL's default is on)
 
 
 @dataclass

@@ -167,6 +167,7 @@ def training_arguments(recipe, out: Path) -> dict:
         bf16=precision.name == "bf16", fp16=precision.name == "fp16",
         logging_steps=t.log_steps, save_steps=t.save_steps, save_total_limit=1, seed=t.seed, data_seed=t.seed,
         report_to=[], disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=False,
+        gradient_checkpointing=t.gradient_checkpointing,
     )
 
 
