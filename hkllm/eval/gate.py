@@ -201,6 +201,15 @@ def _at_most(value: float, threshold: float) -> str:
     return "pass" if value <= threshold + EPS else "fail"
 
 
+def _candidate_at_most(candidate: Run, metric: str, threshold: float, detail: str):
+    """A ceiling on one of the candidate's metrics; detail is a format string for its value."""
+    v, why = _values(metric, candidate=candidate)
+    if why:
+        return None, "skip", why
+    value = v["candidate"]
+    return value, _at_most(value, threshold), detail.format(value)
+
+
 def hk_gain(candidate: Run, baseline: Run, threshold: float, policy: dict):
     """Hong Kong gain: how many bits per byte of yue + zh-hant text the candidate saves, for real."""
     v, why = _values("lm.bpb.hk", candidate=candidate, baseline=baseline)
@@ -288,12 +297,8 @@ def must_hold_negative_flips(candidate: Run, baseline: Run, threshold: float, po
 
 def repeat_consistency(candidate: Run, baseline: Run, threshold: float, policy: dict):
     """The same request k times: how many different answers at worst (1 = always the same)."""
-    v, why = _values("consistency.repeat.max_distinct", candidate=candidate)
-    if why:
-        return None, "skip", why
-    value = v["candidate"]
-    detail = f"worst probe gave {value:g} distinct outputs to identical requests"
-    return value, _at_most(value, threshold), detail
+    return _candidate_at_most(candidate, "consistency.repeat.max_distinct", threshold,
+                              "worst probe gave {:g} distinct outputs to identical requests")
 
 
 def harmful_compliance(candidate: Run, baseline: Run, threshold: float, policy: dict):
@@ -351,20 +356,14 @@ def mc_accuracy_delta(candidate: Run, baseline: Run, threshold: float, policy: d
 
 def degenerate(candidate: Run, baseline: Run, threshold: float, policy: dict):
     """Share of the candidate's chat answers that are empty, whitespace or one unit repeated."""
-    v, why = _values("chat.degenerate_rate", candidate=candidate)
-    if why:
-        return None, "skip", why
-    value = v["candidate"]
-    return value, _at_most(value, threshold), f"{value:.1%} of chat answers are empty or one token repeated"
+    return _candidate_at_most(candidate, "chat.degenerate_rate", threshold,
+                              "{:.1%} of chat answers are empty or one token repeated")
 
 
 def looping(candidate: Run, baseline: Run, threshold: float, policy: dict):
     """Share of the candidate's chat answers that repeat one piece back to back (metrics.is_looping)."""
-    v, why = _values("chat.loop_rate", candidate=candidate)
-    if why:
-        return None, "skip", why
-    value = v["candidate"]
-    return value, _at_most(value, threshold), f"{value:.1%} of chat answers repeat one piece 6 or more times in a row"
+    return _candidate_at_most(candidate, "chat.loop_rate", threshold,
+                              "{:.1%} of chat answers repeat one piece 6 or more times in a row")
 
 
 def _worst_variety(candidate: Run, prefix: str, threshold: float, what: str, exclude: tuple = ()):
