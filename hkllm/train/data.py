@@ -1,6 +1,6 @@
 """Text for training and evaluation: read sources, mix in replay, pack into token blocks.
 
-A source is `{path: ..., variety: ..., split: train|heldout|all, max_chars: N}` where path is
+A source is `{path: ..., variety: ..., split: train|heldout|all, max_chars: N, tasks: [...]}` where path is
 - a `hkllm data build` output folder (split picks its train/ or heldout/ shards; documents keep
   their `variety`, and those flagged `replay` join the replay pool),
 - a JSONL file or a folder of JSONL files (field `text`; `variety` from the record, its
@@ -10,11 +10,15 @@ A source is `{path: ..., variety: ..., split: train|heldout|all, max_chars: N}` 
   imported): about 1.1M more characters of English for a base model, never used in evaluation.
 A JSONL record may hold a chat (`messages`, OpenAI style) instead of `text`: continued
 pre-training renders it with the model's chat template (`render_chats`), so instruction data
-can be mixed into pre-training in the very format the model will be asked in.
+can be mixed into pre-training in the very format the model will be asked in. `tasks` keeps only
+the records whose `task` (as `hkllm data instructions` writes it) matches one of the patterns
+(`fnmatch`: `refuse:*`), so that a recipe can take, say, the general and safety chats of a set
+without its Hong Kong facts.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import json
 from pathlib import Path
@@ -80,7 +84,7 @@ def _records(path: str, split: str) -> list[dict]:
             text = rec["text"] if "messages" not in rec else None
             meta = rec.get("metadata") or {}
             record = {"text": text, "variety": rec.get("variety") or meta.get("variety") or rec.get("lang"),
-                      "replay": bool(meta.get("replay"))}
+                      "replay": bool(meta.get("replay")), "task": rec.get("task")}
             if text is None:
                 from hkllm.data.chat import validate_messages
 
@@ -97,6 +101,13 @@ def read_source(spec: dict | str, default_split: str) -> list[dict]:
     if split not in ("train", "heldout", "all"):
         raise UserError(f"data source {spec['path']}: split must be train, heldout or all")
     records = _records(str(spec["path"]), split)
+    if "tasks" in spec:
+        patterns = spec["tasks"]
+        if not isinstance(patterns, list) or not patterns or not all(isinstance(t, str) for t in patterns):
+            raise UserError(f"data source {spec['path']}: tasks must be a non-empty list of task names or patterns")
+        records = [r for r in records if r.get("task") and any(fnmatch.fnmatchcase(r["task"], t) for t in patterns)]
+        if not records:
+            raise UserError(f"data source {spec['path']}: no record has a task matching {patterns}")
     # A data build has its own held-out split; other sources are split here by a hash of the text.
     if not _is_data_build(str(spec["path"])) and split != "all":
         want_heldout = split == "heldout"

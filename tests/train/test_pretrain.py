@@ -111,6 +111,24 @@ def test_max_chars_caps_a_source_with_a_stable_draw(tmp_path):
     assert [r["text"][:5] for r in capped] != [f"文件{i:03d}" for i in range(10)]   # drawn, not the first ten
 
 
+def test_tasks_keeps_the_chats_whose_task_matches(tmp_path):
+    from hkllm.train.data import read_source
+
+    src = tmp_path / "chat.jsonl"
+    tasks = ["fact_qa", "refuse:weapons", "answer:benign_tech", "general_qa", None]
+    src.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"問{i}"},
+                                                    {"role": "assistant", "content": f"答{i}"}],
+                                       **({"task": t} if t else {})}, ensure_ascii=False) + "\n"
+                           for i, t in enumerate(tasks)), encoding="utf-8")
+    kept = read_source({"path": str(src), "split": "all", "tasks": ["refuse:*", "answer:*", "general_qa"]}, "train")
+    assert [r["task"] for r in kept] == ["refuse:weapons", "answer:benign_tech", "general_qa"]
+    assert [r["messages"][0]["content"] for r in kept] == ["問1", "問2", "問3"]
+    with pytest.raises(UserError, match="no record has a task matching"):
+        read_source({"path": str(src), "split": "all", "tasks": ["letter"]}, "train")
+    with pytest.raises(UserError, match="tasks must be a non-empty list"):
+        read_source({"path": str(src), "split": "all", "tasks": "general_qa"}, "train")
+
+
 def test_stdlib_source_reads_docstrings_without_importing():
     import sys
 
