@@ -1,12 +1,16 @@
 """Gateway overhead: `hkllm serve --upstream` in front of a second hkllm (or llama.cpp's
-llama-server) vs calling that one directly.
+llama-server) vs calling that one directly, and vs a bare Python relay (benchmarks/relay.py: the
+floor of any Python hop, which parses nothing and keeps no features).
 
     .venv/bin/python benchmarks/serve_gateway.py [--model runs/quickstart/cpt] [--requests 60]
     .venv/bin/python benchmarks/serve_gateway.py --llama-server PATH/TO/llama-server
 
-Requests alternate direct / through the gateway, one at a time (streamed, greedy, 32 tokens,
-caches off), so slow drifts of this noisy machine hit both paths alike. Prints the p50
-end-to-end latency of each path and the added p50 as a share of the direct p50 (target ≤ 5%).
+Requests rotate direct / relay / gateway, one at a time (streamed, greedy, 32 tokens, caches
+off), so slow drifts of this noisy machine hit every path alike. Prints the p50 end-to-end
+latency of each path, the gateway's added p50 as a share of the direct p50 (target ≤ 5%), and how
+much of it any Python hop costs (the relay). On the quickstart model llama-server answers 32
+tokens in ~20 ms, so a hop's fixed few ms show; on a real model (`--model runs/smollm2/import`,
+~1.5 s per answer on one core) they do not.
 
 The engine behind both paths gets one core (`--threads 1`), the gateway and the client the
 other: a gateway fronts a GPU engine, which does not compute on the host's cores, so what is
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -45,26 +50,33 @@ def main() -> None:
                     help="put llama.cpp's llama-server (this binary, on the model's GGUF) behind the gateway instead")
     args = ap.parse_args()
     model = check_model(args.model.resolve())
-    backend_port, gw_port = free_port(), free_port()
+    backend_port, gw_port, relay_port = free_port(), free_port(), free_port()
     backend_server = (llama_server(args.llama_server, model, backend_port, args.engine_threads, 2) if args.llama_server
                       else hkllm_serve(model, backend_port, "--no-cache", "--threads", str(args.engine_threads)))
     print(f"behind the gateway: {'llama-server' if args.llama_server else 'hkllm serve'}")
     with backend_server as (backend, _):
         with server([str(BIN / "hkllm"), "serve", "--upstream", backend, "--port", str(gw_port), "--no-auth",
                      "--no-cache", "--state-dir", str(REPO / f"runs/bench_state_{gw_port}")], gw_port) as (gateway, _):
-            paths = {"direct": OpenAI(base_url=backend, api_key="none"), "gateway": OpenAI(base_url=gateway, api_key="none")}
-            name = paths["direct"].models.list().data[0].id
-            e2e = {"direct": [], "gateway": []}
-            for i in range(args.requests + 4):
-                order = ("direct", "gateway") if i % 2 else ("gateway", "direct")
-                for path in order:
-                    t = one(paths[path], name, PROMPTS[i % len(PROMPTS)])
-                    if i >= 4:                                  # the first rounds warm both paths up
-                        e2e[path].append(t)
-    direct, via = statistics.median(e2e["direct"]), statistics.median(e2e["gateway"])
-    print(f"| path | requests | E2E p50 ms |\n|---|---:|---:|\n| direct | {len(e2e['direct'])} | {direct * 1000:.1f} |\n"
-          f"| through the gateway | {len(e2e['gateway'])} | {via * 1000:.1f} |")
-    print(f"\nadded p50 latency: {(via - direct) * 1000:+.1f} ms = {(via - direct) / direct:+.1%} of direct (target ≤ +5%)")
+            with server([sys.executable, str(REPO / "benchmarks/relay.py"), backend.removesuffix("/v1"), str(relay_port)],
+                        relay_port) as (relay, _):
+                urls = {"direct": backend, "bare relay": relay, "gateway": gateway}
+                paths = {k: OpenAI(base_url=u, api_key="none") for k, u in urls.items()}
+                name = paths["direct"].models.list().data[0].id
+                e2e = {k: [] for k in paths}
+                for i in range(args.requests + 4):
+                    order = list(paths)[i % 3:] + list(paths)[:i % 3]
+                    for path in order:
+                        t = one(paths[path], name, PROMPTS[i % len(PROMPTS)])
+                        if i >= 4:                                  # the first rounds warm every path up
+                            e2e[path].append(t)
+    p50 = {k: statistics.median(v) for k, v in e2e.items()}
+    direct = p50["direct"]
+    print("| path | requests | E2E p50 ms | added |\n|---|---:|---:|---:|")
+    for k, v in p50.items():
+        print(f"| {k} | {len(e2e[k])} | {v * 1000:.1f} | {(v - direct) * 1000:+.1f} ms ({(v - direct) / direct:+.1%}) |")
+    via, floor = p50["gateway"], p50["bare relay"]
+    print(f"\nadded p50 latency: {(via - direct) * 1000:+.1f} ms = {(via - direct) / direct:+.1%} of direct (target ≤ +5%); "
+          f"a bare Python relay adds {(floor - direct) * 1000:+.1f} ms, the gateway's features {(via - floor) * 1000:+.1f} ms")
 
 
 if __name__ == "__main__":
