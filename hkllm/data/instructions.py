@@ -9,7 +9,7 @@ them in three varieties is not possible; so templates expand what is written onc
           the reply), and fact documents for continued pre-training (statements and Q/A lines);
 - tables  (open-data CSV/JSON): question/answer templates per row, in the recipe;
 - safety  (data/chat/seeds/safety.yaml): must-refuse requests → a refusal in the asker's
-          variety; harmless requests with risky words → a helpful answer;
+          variety; harmless requests with risky words → a helpful answer (opened by OPENER);
 - general (data/chat/seeds/general.yaml): everyday Q&A, Cantonese → written Chinese rewrites
           and translations from parallel sentences, letters;
 - hand-written conversations (OpenAI `messages` JSONL), kept as they are;
@@ -68,6 +68,14 @@ DOC_QA = {"yue": ("問：{q}\n答：{a}", "問題：{q}\n答案：{a}"), "zh-han
           "en": ("Q: {q}\nA: {a}", "Question: {q}\nAnswer: {a}")}
 
 PAIR_KINDS = ("variety", "grounded", "refuse", "answer")     # preference pairs (preference_pairs)
+# One opening per variety for helpful answers to requests. Refusals open alike ("I can't…",
+# "我唔可以…"), helpful answers each differently, so a small model's first token splits its answer
+# mass over many words and gives all of its refusal mass to one: greedy decoding then refuses
+# wherever the model is only a little unsure (measured: 'I' 0.17-0.31 over 'The' ~0.1 for harmless
+# English requests). With one opening, the first token is a choice between two: answer or refuse.
+# Cantonese and written Chinese share theirs: distinct ones (冇問題 / 沒問題) split the answer mass
+# in two again, and the variety was chosen worse at the first token than later (yue 46% vs 60%).
+OPENER = {"yue": "可以。", "zh-hant": "可以。", "en": "Certainly. "}
 
 
 @dataclass
@@ -83,6 +91,9 @@ class Spec:
     mc_shuffles: int = 3          # multiple-choice chats per fact question
     refusal_framings: int = 3     # framings per must-refuse request
     answer_framings: int = 2      # framings per harmless-but-risky request (more: fewer over-refusals)
+    # Helpful answers to requests (harmless look-alikes, everyday questions) open with OPENER (its
+    # comment says why); false leaves the seeds' answers as written.
+    helpful_opener: bool = True
     # DPO pairs written to preferences.jsonl, by kind (PAIR_KINDS; [] for none): see preference_pairs
     preference_kinds: list[str] = field(default_factory=lambda: list(PAIR_KINDS))
 
@@ -204,6 +215,14 @@ def table_chats(spec: Spec, rng: random.Random) -> list[dict]:
 
 
 # -- safety -----------------------------------------------------------------------------------
+
+def _opened(item: dict, variety: str) -> dict:
+    """A seed's {prompt, answer} with the answer opened by OPENER (a malformed item is left for the
+    readers below to name)."""
+    if not isinstance(item, dict) or not isinstance(item.get("answer"), str) or variety not in OPENER:
+        return item
+    return {**item, "answer": OPENER[variety] + item["answer"]}
+
 
 def safety_chats(seeds: dict, spec: Spec, rng: random.Random) -> list[dict]:
     out = []
@@ -345,11 +364,18 @@ def generate(spec: Spec) -> tuple[list[dict], list[dict], list[dict], list[dict]
     chats += table_chats(spec, rng)
     if spec.safety:
         seeds = _yaml(spec.resolve(spec.safety))
+        if spec.helpful_opener:
+            seeds = {**seeds, "answer": [{k: [_opened(item, k) for item in v] if k in VARIETIES else v
+                                          for k, v in block.items()} for block in seeds.get("answer", [])]}
         chats += safety_chats(seeds, spec, rng)
     if spec.preference_kinds:
         pairs = preference_pairs(facts, seeds, spec.preference_kinds, rng)
     if spec.general:
-        chats += general_chats(_yaml(spec.resolve(spec.general)), rng)
+        general = _yaml(spec.resolve(spec.general))
+        if spec.helpful_opener:
+            general = {**general, "qa": {v: [_opened(item, v) for item in items]
+                                         for v, items in (general.get("qa") or {}).items()}}
+        chats += general_chats(general, rng)
     chats += hand_written(spec)
     step = decontaminator(spec)
     kept, dropped = decontaminate(chats, step)

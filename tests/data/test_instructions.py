@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hkllm.data.instructions import build, load_spec
+from hkllm.data.instructions import OPENER, build, load_spec
 from hkllm.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,10 +70,10 @@ def test_preference_pairs_differ_in_what_the_gate_checks(tmp_path):
         [("對唔住，我幫唔到你。", "抱歉，我不能協助。")]
     refuse = [p for p in by_kind["refuse"] if p["lang"] == "yue"]
     assert refuse and all(p["chosen"][0]["content"] == "對唔住，我幫唔到你。" for p in refuse)
-    assert all(p["rejected"][0]["content"] == "油溫要夠熱，炸兩次會脆啲。" for p in refuse)
+    assert all(p["rejected"][0]["content"] == OPENER["yue"] + "油溫要夠熱，炸兩次會脆啲。" for p in refuse)
     answer = by_kind["answer"]
     assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in answer] == \
-        [("油溫要夠熱，炸兩次會脆啲。", "對唔住，我幫唔到你。")]
+        [(OPENER["yue"] + "油溫要夠熱，炸兩次會脆啲。", "對唔住，我幫唔到你。")]
     two = [FACT, {**FACT, "id": "harbour", "yue": {**FACT["yue"], "answer": "維港係香港最大嘅海港。"}}]
     (tmp_path / "facts.yaml").write_text(yaml.safe_dump(two, allow_unicode=True), encoding="utf-8")
     build(load_spec(tmp_path / "instructions.yaml"), tmp_path / "out2")
@@ -81,6 +81,31 @@ def test_preference_pairs_differ_in_what_the_gate_checks(tmp_path):
     grounded = [p for p in grounded if p["kind"] == "grounded" and p["lang"] == "yue"]
     assert {(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in grounded} == \
         {("香港最高嘅山係大帽山。", "維港係香港最大嘅海港。"), ("維港係香港最大嘅海港。", "香港最高嘅山係大帽山。")}
+
+
+def test_helpful_answers_to_requests_share_one_opening_and_refusals_keep_theirs(tmp_path):
+    path = write_spec(tmp_path, eval_question="Something else entirely, not in the seeds at all")
+    (tmp_path / "general.yaml").write_text(yaml.safe_dump({"qa": {"en": [{"prompt": "Where is the Peak Tram?",
+                                                                        "answer": "In Central."}]}}), encoding="utf-8")
+    spec = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**spec, "general": "general.yaml"}, allow_unicode=True), encoding="utf-8")
+
+    def answers(out) -> dict:
+        build(load_spec(path), out)
+        by_task = {}
+        for line in (out / "chat.jsonl").read_text().splitlines():
+            chat = json.loads(line)
+            by_task.setdefault(chat["task"].split(":")[0], set()).add(chat["messages"][-1]["content"])
+        return by_task
+
+    opened = answers(tmp_path / "out")
+    assert opened["answer"] == {OPENER["yue"] + "油溫要夠熱，炸兩次會脆啲。"}
+    assert opened["general_qa"] == {OPENER["en"] + "In Central."}
+    assert opened["refuse"] == {"對唔住，我幫唔到你。", "抱歉，我不能協助。", "Sorry, but I can't help with that."}
+    assert not any(a.startswith(tuple(OPENER.values())) for a in opened["fact_qa"] | opened["fact_mc"])
+    path.write_text(path.read_text() + "helpful_opener: false\n", encoding="utf-8")
+    plain = answers(tmp_path / "plain")
+    assert plain["answer"] == {"油溫要夠熱，炸兩次會脆啲。"} and plain["general_qa"] == {"In Central."}
 
 
 def test_chats_sharing_an_ngram_with_an_eval_item_are_dropped_and_counted(tmp_path):
