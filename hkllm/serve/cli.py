@@ -22,8 +22,8 @@ from pathlib import Path
 
 from hkllm import config
 from hkllm.errors import UserError
+from hkllm.serve.keys import STATE_DIR
 
-STATE_DIR = "hkllm-serve"        # for `hkllm keys` and `hkllm audit`; hkllm serve's is Settings.state_dir
 STATE_HELP = f"folder for keys.sqlite, cache.sqlite and audit.sqlite (default {STATE_DIR}/)"
 # `hkllm serve` flags that set a Settings field: flag dest -> field. A switch sets its field to False.
 SETTING_FLAGS = {"state_dir": "state_dir", "consistency": "consistency", "cache_ttl": "cache_ttl_s",
@@ -256,7 +256,7 @@ def add_parser(subparsers, extensions: tuple = ()) -> None:
     s.set_defaults(func=_serve, extensions=extensions)
 
     k = subparsers.add_parser("keys", help="create, list and revoke API keys for hkllm serve")
-    k.add_argument("--state-dir", default=STATE_DIR, help=STATE_HELP)
+    k.add_argument("--state-dir", default=str(STATE_DIR), help=STATE_HELP)
     ks = k.add_subparsers(dest="action", required=True)
     c = ks.add_parser("create", help="create a key and print it (once)")
     c.add_argument("--name", required=True, help="who or what the key is for")
@@ -270,7 +270,7 @@ def add_parser(subparsers, extensions: tuple = ()) -> None:
     k.set_defaults(func=_keys)
 
     a = subparsers.add_parser("audit", help="export or verify hkllm serve's audit log")
-    a.add_argument("--state-dir", default=STATE_DIR, help=STATE_HELP)
+    a.add_argument("--state-dir", default=str(STATE_DIR), help=STATE_HELP)
     as_ = a.add_subparsers(dest="action", required=True)
     e = as_.add_parser("export", help="requests as JSONL (prompts are stored redacted)")
     e.add_argument("--since", help="ISO date/time, UTC unless a zone is given")

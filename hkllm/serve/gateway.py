@@ -42,7 +42,7 @@ from hkllm.serve.audit import AuditLog
 from hkllm.serve.cache import ResponseCache, cache_key
 from hkllm.serve.contract import Engine, ErrorEvent, Event, Generation, SamplingParams, missing_members
 from hkllm.serve.guards import GuardPolicy
-from hkllm.serve.keys import Key, KeyStore
+from hkllm.serve.keys import STATE_DIR, Key, KeyStore
 from hkllm.serve.limits import Admission, RateLimiter
 from hkllm.serve.metrics import Metrics
 from hkllm.serve.protocol import ApiError, ChatCompletionRequest, CompletionRequest, GenerationRequest, SamplingFields
@@ -56,7 +56,7 @@ CACHEABLE = ("stop", "length", "content_filter")     # finished answers (not cut
 
 @dataclass
 class Settings:
-    state_dir: Path = Path("hkllm-serve")   # keys.sqlite, cache.sqlite, audit.sqlite
+    state_dir: Path = STATE_DIR              # keys.sqlite, cache.sqlite, audit.sqlite
     auth: bool = True
     consistency: bool = True                # greedy + fixed seed + response cache
     cache: bool = True                      # the response cache of consistency mode (off: measure the engine)

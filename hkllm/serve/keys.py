@@ -14,6 +14,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+# The folder of keys.sqlite, cache.sqlite and audit.sqlite: `hkllm serve`, `hkllm keys` and `hkllm audit`.
+STATE_DIR = Path("hkllm-serve")
+
 SCHEMA = """CREATE TABLE IF NOT EXISTS keys (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, created REAL NOT NULL,
     revoked REAL, rpm INTEGER, tpm INTEGER)"""
