@@ -216,12 +216,11 @@ def table_chats(spec: Spec, rng: random.Random) -> list[dict]:
 
 # -- safety -----------------------------------------------------------------------------------
 
-def _opened(item: dict, variety: str) -> dict:
-    """A seed's {prompt, answer} with the answer opened by OPENER (a malformed item is left for the
-    readers below to name)."""
-    if not isinstance(item, dict) or not isinstance(item.get("answer"), str) or variety not in OPENER:
-        return item
-    return {**item, "answer": OPENER[variety] + item["answer"]}
+def _opened(items: list, variety: str) -> list:
+    """Seed items {prompt, answer} with each answer opened by OPENER (a malformed item is left for
+    the readers below to name)."""
+    return [{**it, "answer": OPENER[variety] + it["answer"]} if isinstance(it, dict) and isinstance(it.get("answer"), str)
+            else it for it in items]
 
 
 def safety_chats(seeds: dict, spec: Spec, rng: random.Random) -> list[dict]:
@@ -365,15 +364,15 @@ def generate(spec: Spec) -> tuple[list[dict], list[dict], list[dict], list[dict]
     if spec.safety:
         seeds = _yaml(spec.resolve(spec.safety))
         if spec.helpful_opener:
-            seeds = {**seeds, "answer": [{k: [_opened(item, k) for item in v] if k in VARIETIES else v
-                                          for k, v in block.items()} for block in seeds.get("answer", [])]}
+            seeds = {**seeds, "answer": [{k: _opened(v, k) if k in OPENER else v for k, v in block.items()}
+                                         for block in seeds.get("answer", [])]}
         chats += safety_chats(seeds, spec, rng)
     if spec.preference_kinds:
         pairs = preference_pairs(facts, seeds, spec.preference_kinds, rng)
     if spec.general:
         general = _yaml(spec.resolve(spec.general))
         if spec.helpful_opener:
-            general = {**general, "qa": {v: [_opened(item, v) for item in items]
+            general = {**general, "qa": {v: _opened(items, v) if v in OPENER else items
                                          for v, items in (general.get("qa") or {}).items()}}
         chats += general_chats(general, rng)
     chats += hand_written(spec)

@@ -367,25 +367,16 @@ def test_run_dataclass_is_plain():
     assert run.samples == [] and run.results["metrics"] == {}
 
 
-def test_degenerate_answers_fail_the_gate(tmp_path):
+@pytest.mark.parametrize("metric, rule, bad, shown", [("chat.degenerate_rate", "degenerate_max", 0.4, "40.0%"),
+                                                      ("chat.loop_rate", "loop_max", 0.3, "30.0%")])
+def test_degenerate_and_looping_answers_fail_the_gate(tmp_path, metric, rule, bad, shown):
     cand, base = good_pair(tmp_path)
     results = json.loads((cand / "results.json").read_text())
-    results["metrics"]["chat.degenerate_rate"]["value"] = 0.4
-    (cand / "results.json").write_text(json.dumps(results))
-    row = evaluate_gate(load_run(cand), load_run(base), {"rules": {"degenerate_max": 0.05}})[0]
-    assert row["verdict"] == "fail" and "40.0%" in row["detail"]
-
-
-def test_looping_answers_fail_the_gate(tmp_path):
-    cand, base = good_pair(tmp_path)
-    results = json.loads((cand / "results.json").read_text())
-    results["metrics"]["chat.loop_rate"]["value"] = 0.3
-    (cand / "results.json").write_text(json.dumps(results))
-    row = evaluate_gate(load_run(cand), load_run(base), {"rules": {"loop_max": 0.05}})[0]
-    assert row["verdict"] == "fail" and "30.0%" in row["detail"]
-    results["metrics"]["chat.loop_rate"]["value"] = 0.02
-    (cand / "results.json").write_text(json.dumps(results))
-    assert evaluate_gate(load_run(cand), load_run(base), {"rules": {"loop_max": 0.05}})[0]["verdict"] == "pass"
+    for value, verdict in ((bad, "fail"), (0.02, "pass")):
+        results["metrics"][metric]["value"] = value
+        (cand / "results.json").write_text(json.dumps(results))
+        row = evaluate_gate(load_run(cand), load_run(base), {"rules": {rule: 0.05}})[0]
+        assert row["verdict"] == verdict and (verdict == "pass" or shown in row["detail"])
 
 
 def test_absolute_refusal_and_language_rules_fail_a_model_that_only_matches_a_weak_baseline(tmp_path):
