@@ -29,24 +29,15 @@ from pathlib import Path
 from hkllm import assets
 from hkllm.files import write_atomic
 from hkllm.stage_timer import Timer
-from hkllm.train.data import BUILTIN
 
 REPO = assets.ROOT      # where recipes/ and data/ are: the checkout, or hkllm/_assets in a wheel
 HK, GENERAL = ("yue", "zh-hant"), ("en", "zh-hans")
 
 
-def _local(path: str, out: Path) -> str:
+def _local(value, out: Path):
     """Recipe paths under runs/quickstart/ point into this run's --out; other relative paths
     (data/general/..., data/eval/...) are hkllm's shipped files."""
-    if path in BUILTIN or Path(path).is_absolute():
-        return path
-    if Path(path).parts[:2] == ("runs", "quickstart"):
-        return str(out.joinpath(*Path(path).parts[2:]))
-    return str(REPO / path)
-
-
-def _local_specs(specs: list, out: Path) -> list:
-    return [dict(spec, path=_local(spec["path"], out)) if isinstance(spec, dict) else _local(spec, out) for spec in specs]
+    return assets.retarget(value, "runs/quickstart", out)
 
 
 SHIPPED_BASE = "data/models/tiny-base"
@@ -84,9 +75,9 @@ def _stage(name: str, recipe_file: str, out: Path, model_path: Path | None, smok
     recipe.out = str(run_dir)
     if model_path:
         recipe.model.path = str(model_path)
-    recipe.eval = _local_specs(recipe.eval, out)
-    recipe.data.train = _local_specs(recipe.data.train, out)
-    recipe.data.replay = _local_specs(recipe.data.replay, out)
+    recipe.eval = _local(recipe.eval, out)
+    recipe.data.train = _local(recipe.data.train, out)
+    recipe.data.replay = _local(recipe.data.replay, out)
     for key, value in fields.items():
         setattr(recipe.data, key, value)
     if smoke:
@@ -124,25 +115,10 @@ SMOKE_OPTIONS = {"max_tokens": 4, "max_docs": 8, "probes": 2, "k": 2}
 
 def _suite(out: Path, smoke: bool) -> Path:
     """recipes/eval/hk_suite.yaml with its paths made absolute and pointed at this run's corpus."""
-    import yaml
+    from hkllm.eval.run import write_suite
 
-    from hkllm.config import fields
-    from hkllm.eval.run import TASK_OPTIONS, load_suite
-
-    suite = load_suite(REPO / "recipes" / "eval" / "hk_suite.yaml")
-    for name, cfg in suite["tasks"].items():
-        for key in ("path", "policy"):
-            if key in cfg:
-                cfg[key] = _local(cfg[key], out)
-        if "sources" in cfg:
-            cfg["sources"] = _local_specs(cfg["sources"], out)
-        if smoke:
-            cfg.update({k: v for k, v in SMOKE_OPTIONS.items() if k in fields(TASK_OPTIONS[name])})
-    path = out / "eval" / "suite.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("# written by hkllm quickstart from recipes/eval/hk_suite.yaml\n"
-                    + yaml.safe_dump(suite, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    return path
+    return write_suite(REPO / "recipes" / "eval" / "hk_suite.yaml", out / "eval" / "suite.yaml",
+                       lambda value: _local(value, out), SMOKE_OPTIONS if smoke else None, "hkllm quickstart")
 
 
 def evaluate_and_gate(out: Path, smoke: bool) -> tuple[str, str]:

@@ -27,7 +27,6 @@ from pathlib import Path
 
 from hkllm import assets
 from hkllm.stage_timer import Timer
-from hkllm.train.data import BUILTIN
 
 REPO = assets.ROOT      # where recipes/ and data/ are: the checkout, or hkllm/_assets in a wheel
 RECIPES = REPO / "recipes" / "smollm2"
@@ -42,15 +41,7 @@ def _say(text: str) -> None:
 
 def retarget(value, out: Path):
     """Recipe paths: `runs/smollm2/...` → OUT/..., other relative paths → hkllm's shipped files."""
-    if isinstance(value, list):
-        return [retarget(v, out) for v in value]
-    if isinstance(value, dict):
-        return {k: (retarget(v, out) if k == "path" else v) for k, v in value.items()}
-    if not isinstance(value, str) or value in BUILTIN or Path(value).is_absolute():
-        return value
-    if value == DEFAULT_OUT or value.startswith(DEFAULT_OUT + "/"):
-        return str(out / value[len(DEFAULT_OUT):].lstrip("/"))
-    return str(REPO / value)
+    return assets.retarget(value, DEFAULT_OUT, out)
 
 
 # -- 4. evaluation and replay texts ------------------------------------------------------------
@@ -157,24 +148,10 @@ SMOKE_OPTIONS = {"max_docs": 2, "max_chars": 200, "max_tokens": 4}
 
 
 def write_suite(out: Path, smoke: bool) -> Path:
-    import yaml
+    from hkllm.eval import run
 
-    from hkllm.config import fields
-    from hkllm.eval.run import TASK_OPTIONS, load_suite
-
-    suite = load_suite(RECIPES / "suite.yaml")
-    for name, cfg in suite["tasks"].items():
-        if "sources" in cfg:
-            cfg["sources"] = retarget(cfg["sources"], out)
-        if "path" in cfg:
-            cfg["path"] = retarget(cfg["path"], out)
-        if smoke:
-            cfg.update({k: v for k, v in SMOKE_OPTIONS.items() if k in fields(TASK_OPTIONS[name])})
-    path = out / "eval" / "suite.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("# written by hkllm realmodel from recipes/smollm2/suite.yaml\n"
-                    + yaml.safe_dump(suite, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    return path
+    return run.write_suite(RECIPES / "suite.yaml", out / "eval" / "suite.yaml", lambda value: retarget(value, out),
+                           SMOKE_OPTIONS if smoke else None, "hkllm realmodel")
 
 
 def stage_eval(name: str, out: Path, suite: Path):

@@ -45,12 +45,16 @@ ASK_PREFIX = {
     "en": ["", "", "", "Please tell me: ", "Quick question: ", "Hi! ", "I'd like to know: ", "Can you tell me: "],
 }
 # Multiple-choice instructions; the reply is the chosen option's text (a tiny model recalls the
-# fact far more reliably than it maps the fact back to a letter).
+# fact far more reliably than it maps the fact back to a letter), framed by MC_ANSWER.
 MC_INSTRUCTION = {
     "yue": ["揀一個答案。", "以下邊個啱？", "請揀正確答案。", "", "答案係邊個？"],
     "zh-hant": ["請選出正確答案。", "以下哪一項正確？", "選一個答案。", "", "正確答案是哪一個？"],
     "en": ["Pick one.", "Which one is right?", "Choose the correct option.", "", "Select the answer."],
 }
+# The frame of a multiple-choice reply, in the asker's variety: a bare option ("社會福利署", "天后",
+# "999") belongs to no variety, and 730 such replies to Cantonese questions taught the model to
+# answer Cantonese in written Chinese (`hkllm text detect` read them as zh-hant or zh-hans).
+MC_ANSWER = {"yue": "答案係{a}。", "zh-hant": "正確答案是{a}。", "en": "The answer is {a}."}
 SYSTEM = {
     "yue": ["你係一個熟悉香港嘅助手。", "你係港文通，用廣東話簡潔回答。"],
     "zh-hant": ["你是熟悉香港的助手。", "你是港文通，請用書面語簡潔回答。"],
@@ -156,7 +160,7 @@ def fact_chats(facts: list[dict], spec: Spec, rng: random.Random) -> list[dict]:
                     rng.shuffle(options)
                     listing = "\n".join(f"{chr(65 + i)}. {o}" for i, o in enumerate(options))
                     prompt = f"{q}\n{listing}\n{rng.choice(MC_INSTRUCTION[v])}"
-                    out.append(_chat(prompt, b["short"], v, "fact_mc", rng))
+                    out.append(_chat(prompt, MC_ANSWER[v].format(a=b["short"]), v, "fact_mc", rng))
     return out
 
 

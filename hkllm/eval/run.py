@@ -71,6 +71,27 @@ def load_suite(path: str | Path) -> dict:
     return {"tasks": tasks, "external": external}
 
 
+def write_suite(source: Path, dest: Path, retarget, smoke_options: dict | None = None, command: str = "hkllm") -> Path:
+    """The suite `source` for one run, written to `dest`: each task's path, policy and sources
+    passed through `retarget` (e.g. into the run's --out) and, for a smoke run, each task shrunk
+    by those of `smoke_options` it takes."""
+    import yaml
+
+    from hkllm import assets
+
+    suite = load_suite(source)
+    for name, cfg in suite["tasks"].items():
+        for key in ("path", "policy", "sources"):
+            if key in cfg:
+                cfg[key] = retarget(cfg[key])
+        if smoke_options:
+            cfg.update({k: v for k, v in smoke_options.items() if k in config.fields(TASK_OPTIONS[name])})
+    shown = source.relative_to(assets.ROOT) if source.is_relative_to(assets.ROOT) else source
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(dest, f"# written by {command} from {shown}\n" + yaml.safe_dump(suite, allow_unicode=True, sort_keys=False))
+    return dest
+
+
 def _checked(options, cfg: dict | None, path: Path, where: str) -> dict:
     cfg = cfg or {}
     return config.validate(options, cfg, path, where, what="option") if options else cfg

@@ -33,16 +33,20 @@ from hkllm.train.run import (
 
 
 class Blocks:
-    """Packed token blocks as a torch-style dataset for the Trainer."""
+    """Packed token blocks as a torch-style dataset for the Trainer; with `sep`, each document in a
+    block attends within itself only (D.document_positions)."""
 
-    def __init__(self, blocks):
-        self.blocks = blocks
+    def __init__(self, blocks, sep: int | None = None):
+        self.blocks, self.sep = blocks, sep
 
     def __len__(self):
         return len(self.blocks)
 
     def __getitem__(self, i):
-        return {"input_ids": self.blocks[i], "labels": self.blocks[i]}
+        item = {"input_ids": self.blocks[i], "labels": self.blocks[i]}
+        if self.sep is not None:
+            item["position_ids"] = D.document_positions(self.blocks[i], self.sep)
+        return item
 
 
 def new_config(spec, tokenizer):
@@ -138,7 +142,7 @@ def train(recipe: Recipe, s: Setup, out: Path) -> tuple[dict, object]:
     before = bpb_by_variety(s.model, s.tokenizer, s.eval_texts, recipe.train.seq_len)
     tokens_per_step = t.batch_size * t.grad_accum * t.seq_len
     args = TrainingArguments(**training_arguments(recipe, out))
-    trainer = Trainer(model=s.model, args=args, train_dataset=Blocks(s.train_blocks), data_collator=default_data_collator,
+    trainer = Trainer(model=s.model, args=args, train_dataset=Blocks(s.train_blocks, D.separator(s.tokenizer)), data_collator=default_data_collator,
                       callbacks=[ProgressAndLog(out, tokens_per_step, f"{recipe.stage} {out.name}"),
                                  MarkCompleteCheckpoints()])
     trainer.remove_callback(PrinterCallback)  # our progress bar and train_log.jsonl replace its prints

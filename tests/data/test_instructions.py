@@ -44,7 +44,7 @@ def test_seeds_expand_into_chats_in_every_variety(tmp_path):
     assert tasks == {"fact_qa", "fact_mc", "table_qa", "refuse", "answer"}
     assert report["dropped_by_decontamination"] == 0 and report["chats"] == len(chats)
     mc = [c for c in chats if c["task"] == "fact_mc" and c["lang"] == "en"]
-    assert len(mc) == 2 and all(c["messages"][-1]["content"] == "Tai Mo Shan" for c in mc)
+    assert len(mc) == 2 and all(c["messages"][-1]["content"] == "The answer is Tai Mo Shan." for c in mc)
     assert all("A. " in c["messages"][-2]["content"] and "Tai Mo Shan" in c["messages"][-2]["content"] for c in mc)
     refusals = [c for c in chats if c["task"] == "refuse:weapons"]
     assert {c["lang"] for c in refusals} == {"yue", "zh-hant", "en"} and len(refusals) == 3 * 3  # 3 framings each
@@ -154,3 +154,21 @@ def test_the_quickstart_set_is_clean_against_every_eval_file(tmp_path):
     for line in (tmp_path / "out" / "chat.jsonl").read_text().splitlines():
         text = "\n".join(m["content"] for m in json.loads(line)["messages"])
         assert step.filter(Document(text=text, id="x")) is True, text[:80]
+
+
+def test_quickstart_replies_are_in_the_askers_variety_and_refusals_open_in_it(tmp_path):
+    """What the gate's language rule asks of the model, the training replies must show: facts,
+    multiple-choice replies, refusals and helpful answers read as the asker's variety to `hkllm text
+    detect`; and no opening word of a Cantonese refusal opens a written-Chinese one."""
+    from hkllm.text.detect import detect
+
+    build(load_spec(REPO / "recipes" / "data" / "instructions.yaml"), tmp_path / "out")
+    chats = [json.loads(line) for line in (tmp_path / "out" / "chat.jsonl").read_text().splitlines()]
+    for task in ("fact_qa", "fact_mc", "refuse", "answer"):
+        for v in ("yue", "zh-hant", "en"):
+            replies = [c["messages"][-1]["content"] for c in chats if c["task"].split(":")[0] == task and c["lang"] == v]
+            wrong = [r for r in replies if detect(r).variety != v]
+            assert len(wrong) <= 0.05 * len(replies), (task, v, len(wrong), len(replies), wrong[:3])
+    first = {v: {c["messages"][-1]["content"][0] for c in chats if c["task"].startswith("refuse") and c["lang"] == v}
+             for v in ("yue", "zh-hant")}
+    assert first["yue"] and not first["yue"] & first["zh-hant"], first

@@ -61,6 +61,58 @@ def test_pack_makes_full_blocks_with_separators(base_run):
     assert blocks.shape[1] == 8 and (blocks == tok.convert_tokens_to_ids("<|endoftext|>")).any()
 
 
+def test_pack_never_cuts_a_document_that_fits_in_a_block():
+    """Chats shorter than a block stay whole (a cut one teaches an answer without its question);
+    the long documents fill the gaps, and no token of either is lost before the last block."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from hkllm import assets
+
+    tok = AutoTokenizer.from_pretrained(assets.path("data/models/tiny-base"))
+    sep = tok.convert_tokens_to_ids("<|endoftext|>")
+    rng = random.Random(0)
+    chats = [f"<|im_start|>user\n問題{i}：{'香港' * rng.randint(1, 25)}<|im_end|>" for i in range(200)]
+    long_docs = ["The Python tutorial, section " + " ".join(str(rng.random()) for _ in range(60)) for _ in range(30)]
+    blocks = pack(chats + long_docs, tok, 64).tolist()
+    def spaced(ids):
+        return " " + " ".join(map(str, ids)) + " "
+
+    rows = [spaced(b) for b in blocks]
+    cut = [c for c in chats if not any(spaced(tok(c, add_special_tokens=False)["input_ids"] + [sep]) in r for r in rows)]
+    assert not cut, cut[:2]
+    total = sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for t in chats + long_docs)
+    assert total - 64 < len(blocks) * 64 <= total
+    assert pack(chats, tok, 64).shape[1] == 64      # no long documents to fill with: chats run on, cut
+
+
+def test_a_packed_document_sees_only_itself():
+    """With the blocks' position ids, transformers' Llama gives a document packed after another the
+    logits it gets alone (block-diagonal attention), where plain packing lets it see its neighbour."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hkllm import assets
+    from hkllm.train.data import separator
+    from hkllm.train.pretrain import Blocks
+
+    path = assets.path("data/models/tiny-base")
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+    sep = separator(tok)
+    first, second = (tok(t, add_special_tokens=False)["input_ids"] for t in ("香港有十八個區。", "What is the capital?"))
+    block = torch.tensor(first + [sep] + second + [sep])
+    with torch.no_grad():
+        alone = model(torch.tensor([second])).logits[0]
+        item = Blocks([block], sep)[0]
+        masked = model(item["input_ids"][None], position_ids=item["position_ids"][None]).logits[0]
+        plain = model(block[None]).logits[0]
+    tail = slice(len(first) + 1, len(first) + 1 + len(second))
+    assert torch.allclose(masked[tail], alone, atol=1e-4)
+    assert not torch.allclose(plain[tail], alone, atol=1e-2)
+    assert Blocks([block])[0].keys() == {"input_ids", "labels"}
+
+
 def test_recipe_typos_and_bad_overrides_are_named(tmp_path, texts):
     path = make_recipe(tmp_path, "base", out="x", data={"train": [str(texts["general"])]})
     with pytest.raises(UserError, match=r"unknown recipe field 'train.max_step'.*did you mean 'train.max_steps'"):
