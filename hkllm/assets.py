@@ -39,21 +39,3 @@ def path(relative: str | Path) -> Path:
                         "reinstall hkllm, or run from a checkout")
     return p
 
-
-def retarget(value, run_prefix: str, out: Path):
-    """A recipe's paths made absolute for one run: `run_prefix/...` (the recipes' default output,
-    e.g. runs/quickstart) → out/..., any other relative path → that shipped file under ROOT;
-    absolute paths and Python's built-in sources (pydoc:, stdlib:) unchanged. Walks lists and the
-    `path` of {path: ...} specs, so a recipe's data or eval list passes whole."""
-    from hkllm.train.data import BUILTIN
-
-    if isinstance(value, list):
-        return [retarget(v, run_prefix, out) for v in value]
-    if isinstance(value, dict):
-        return {k: (retarget(v, run_prefix, out) if k == "path" else v) for k, v in value.items()}
-    if not isinstance(value, str) or value in BUILTIN or Path(value).is_absolute():
-        return value
-    prefix = Path(run_prefix).parts
-    if Path(value).parts[:len(prefix)] == prefix:
-        return str(out.joinpath(*Path(value).parts[len(prefix):]))
-    return str(ROOT / value)

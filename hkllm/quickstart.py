@@ -29,6 +29,7 @@ from pathlib import Path
 from hkllm import assets
 from hkllm.files import write_atomic
 from hkllm.stage_timer import Timer
+from hkllm.train.data import retarget
 
 REPO = assets.ROOT      # where recipes/ and data/ are: the checkout, or hkllm/_assets in a wheel
 HK, GENERAL = ("yue", "zh-hant"), ("en", "zh-hans")
@@ -37,7 +38,7 @@ HK, GENERAL = ("yue", "zh-hant"), ("en", "zh-hans")
 def _local(value, out: Path):
     """Recipe paths under runs/quickstart/ point into this run's --out; other relative paths
     (data/general/..., data/eval/...) are hkllm's shipped files."""
-    return assets.retarget(value, "runs/quickstart", out)
+    return retarget(value, "runs/quickstart", out)
 
 
 SHIPPED_BASE = "data/models/tiny-base"

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from hkllm import assets
 from hkllm.stage_timer import Timer
+from hkllm.train import data as D
 
 REPO = assets.ROOT      # where recipes/ and data/ are: the checkout, or hkllm/_assets in a wheel
 RECIPES = REPO / "recipes" / "smollm2"
@@ -41,7 +42,7 @@ def _say(text: str) -> None:
 
 def retarget(value, out: Path):
     """Recipe paths: `runs/smollm2/...` → OUT/..., other relative paths → hkllm's shipped files."""
-    return assets.retarget(value, DEFAULT_OUT, out)
+    return D.retarget(value, DEFAULT_OUT, out)
 
 
 # -- 4. evaluation and replay texts ------------------------------------------------------------
