@@ -4,7 +4,8 @@
     hkllm train cpt  recipes/tiny/cpt.yaml      # continued pre-training on Hong Kong text, with replay
 
 setup: tokenizer and model (new, or any Hugging Face causal LM folder/id), training text
-       (local text plus replay of the original domain at `data.replay_share`), packed blocks,
+       (local text plus replay of the original domain at `data.replay_share`), packed blocks (documents
+       that fit kept whole, each attending within itself: hkllm.train.data.pack),
        held-out text per variety.
 train: transformers Trainer; bits-per-byte per variety before and after.
 save:  the model folder (see hkllm/train/run.py).
