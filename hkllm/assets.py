@@ -38,4 +38,3 @@ def path(relative: str | Path) -> Path:
         raise UserError(f"{relative}: not among hkllm's shipped files (looked in {ROOT}); "
                         "reinstall hkllm, or run from a checkout")
     return p
-
