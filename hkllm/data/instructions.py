@@ -220,11 +220,13 @@ def table_chats(spec: Spec, rng: random.Random) -> list[dict]:
 
 # -- safety -----------------------------------------------------------------------------------
 
-def _opened(items: list, variety: str) -> list:
-    """Seed items {prompt, answer} with each answer opened by OPENER (a malformed item is left for
-    the readers below to name)."""
-    return [{**it, "answer": OPENER[variety] + it["answer"]} if isinstance(it, dict) and isinstance(it.get("answer"), str)
-            else it for it in items]
+def _opened(block: dict) -> dict:
+    """A seed block's {prompt, answer} lists, keyed by variety, with each answer opened by OPENER
+    (other keys, and malformed items for the readers below to name, are left as they are)."""
+    def opened(items, variety):
+        return [{**it, "answer": OPENER[variety] + it["answer"]}
+                if isinstance(it, dict) and isinstance(it.get("answer"), str) else it for it in items]
+    return {k: opened(v, k) if k in OPENER and isinstance(v, list) else v for k, v in block.items()}
 
 
 def safety_chats(seeds: dict, spec: Spec, rng: random.Random) -> list[dict]:
@@ -368,16 +370,14 @@ def generate(spec: Spec) -> tuple[list[dict], list[dict], list[dict], list[dict]
     if spec.safety:
         seeds = _yaml(spec.resolve(spec.safety))
         if spec.helpful_opener:
-            seeds = {**seeds, "answer": [{k: _opened(v, k) if k in OPENER else v for k, v in block.items()}
-                                         for block in seeds.get("answer", [])]}
+            seeds = {**seeds, "answer": [_opened(block) for block in seeds.get("answer", [])]}
         chats += safety_chats(seeds, spec, rng)
     if spec.preference_kinds:
         pairs = preference_pairs(facts, seeds, spec.preference_kinds, rng)
     if spec.general:
         general = _yaml(spec.resolve(spec.general))
         if spec.helpful_opener:
-            general = {**general, "qa": {v: _opened(items, v) if v in OPENER else items
-                                         for v, items in (general.get("qa") or {}).items()}}
+            general = {**general, "qa": _opened(general.get("qa") or {})}
         chats += general_chats(general, rng)
     chats += hand_written(spec)
     step = decontaminator(spec)
