@@ -9,8 +9,9 @@ answers of exactly --max-tokens tokens (`ignore_eos`), concurrency 1, 8 and 32, 
 not. The load tester is `hkllm bench serve`'s raw-HTTP client, and it reports its own CPU.
 
 - hkllm: the embedded engine as `hkllm serve` starts it (watermark on, consistency mode, cache
-  off so every request reaches the engine), and with `--decoder transformers` (the engine's
-  forward pass before issue 14) and `--watermark off` (what the watermark costs);
+  off so every request reaches the engine; decode step compiled), and with `--eager` (not
+  compiled), `--decoder transformers` (the engine's forward pass before issue 14) and
+  `--watermark off` (what the watermark costs);
 - llama-server: `--threads` 1 and 2, each level compared with the better one (its best setting);
 - transformers serve --continuous-batching (default threads and OMP_NUM_THREADS=1, the better
   at each level; it refuses `ignore_eos`, so its answers may end early: tokens/s still counts
@@ -109,6 +110,7 @@ def main() -> None:
 
     max_batch = str(max(levels))
     run("hkllm", hkllm_serve(model, free_port(), "--no-cache", "--max-batch", max_batch))
+    run("hkllm --eager", hkllm_serve(model, free_port(), "--no-cache", "--max-batch", max_batch, "--eager"))
     run("hkllm --decoder transformers", hkllm_serve(model, free_port(), "--no-cache", "--max-batch", max_batch,
                                                     "--decoder", "transformers"))
     run("hkllm --watermark off", hkllm_serve(model, free_port(), "--no-cache", "--max-batch", max_batch,

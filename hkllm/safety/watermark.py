@@ -426,36 +426,34 @@ class _GreenRow(_Row):
     def apply_batch(cls, procs: list[_GreenRow], ids_per_row: list, logits: torch.Tensor, rows: list[int]) -> None:
         """What `__call__` does to each row, for many rows at once: the candidates of every row in
         one comparison, the keyed words of all (row, candidate) pairs in one vectorised Philox."""
-        import torch
-
         live = [(row, p, ctx) for row, p, ids in zip(rows, procs, ids_per_row)
                 if (ctx := p._row_context(ids)) is not None]
         if not live:
             return
-        index = torch.tensor([row for row, _, _ in live])
-        sub = logits[index]
-        reach = torch.tensor([p._reach for _, p, _ in live], dtype=sub.dtype)
-        near = sub >= sub.max(dim=-1, keepdim=True).values - reach[:, None]
-        counts = near.sum(dim=-1).tolist()
+        # In numpy, over the engine's float32 logits (shared memory): this runs at every step, and on
+        # arrays this small numpy's calls cost ~1 µs where torch's cost 5-10 (at one row the torch
+        # version was ~0.5 ms a step, half of a compiled decoding step; dev/LOG.md, issue 14).
+        values = logits.numpy()
+        index = np.array([row for row, _, _ in live])
+        sub = values[index]
+        reach = np.array([p._reach for _, p, _ in live], dtype=sub.dtype)
+        near = sub >= sub.max(axis=-1, keepdims=True) - reach[:, None]
         first = live[0][1]
-        wide = [i for i, c in enumerate(counts) if 4 * c >= sub.shape[-1]]     # rare: whole-vocabulary mask
-        for i in wide:
-            green = torch.from_numpy(_green_mask(first._key, first._threshold, live[i][2], sub.shape[-1]))
-            logits[live[i][0]] += green.to(dtype=logits.dtype) * first._delta
+        for i in np.flatnonzero(4 * near.sum(axis=-1) >= sub.shape[-1]):     # rare: whole-vocabulary mask
+            green = _green_mask(first._key, first._threshold, live[i][2], sub.shape[-1])
+            values[live[i][0]] += green.astype(sub.dtype) * np.float32(first._delta)
             near[i] = False
-        pairs = near.nonzero()                                 # (row in `live`, token)
-        if not len(pairs):
+        at, tokens = np.nonzero(near)                          # (row in `live`, token) pairs
+        if not len(at):
             return
-        at, tokens = pairs[:, 0].numpy(), pairs[:, 1].numpy()
-        if len(pairs) <= 16:      # few candidates in all (greedy, few rows): Python ints beat numpy's overhead
+        if len(at) <= 16:         # few candidates in all (greedy, few rows): Python ints beat numpy's overhead
             words = np.concatenate([_token_words(first._key, live[i][2], tokens[at == i], GREEN_STREAM)
                                     for i in sorted(set(at.tolist()))])
         else:
             contexts = np.array([ctx for _, _, ctx in live], dtype=np.int64)[at]
             words = philox_uint32(first._key, contexts, tokens, GREEN_STREAM)
         green = words < np.uint64(first._threshold)
-        if green.any():
-            logits[index[torch.from_numpy(at[green])], torch.from_numpy(tokens[green])] += first._delta
+        values[index[at[green]], tokens[green]] += np.float32(first._delta)   # pairs are distinct: no lost adds
 
     def __call__(self, ids, logits):
         import torch

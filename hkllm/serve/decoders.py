@@ -204,6 +204,7 @@ class SlotDecoder:
             cos, sin = model.model.rotary_emb(torch.zeros(1, dtype=p.dtype), positions)
         self.cos, self.sin = cos[0].to(p.dtype), sin[0].to(p.dtype)     # [max_len, head_dim]
         self.dtype = p.dtype
+        self._decode, self.compiled = self._decode_step, False     # `compile` swaps in a compiled one
         self.reset()
 
     def reset(self) -> None:
@@ -219,12 +220,13 @@ class SlotDecoder:
         have_len = self.k[0].shape[2] if self.k else 0
         if rows <= have_rows and length <= have_len:
             return
-        new_rows = min(self.max_batch, max(rows, 2 * have_rows, 1)) if rows > have_rows else have_rows
-        new_len = min(self.max_len, max(length, 2 * have_len, 64)) if length > have_len else have_len
+        new_rows = min(self.max_batch + 1, max(rows, 2 * have_rows, 2)) if rows > have_rows else have_rows
+        new_len = min(self.max_len + 1, max(length, 2 * have_len, 64)) if length > have_len else have_len
         shape = (new_rows, self.kv_heads, new_len, self.head_dim)
         # Zeros, not empty: attention multiplies masked positions' values by 0, and 0 * NaN garbage is NaN.
         k = [torch.zeros(shape, dtype=self.dtype) for _ in self.layers]
         v = [torch.zeros(shape, dtype=self.dtype) for _ in self.layers]
+        _dynamic(*k, *v, dims=(0, 2))            # the slot table's rows and length vary: never a new graph
         if self.k and self.rows:
             for i in range(len(self.layers)):
                 k[i][:self.rows, :, :have_len] = self.k[i][:self.rows]
@@ -313,29 +315,114 @@ class SlotDecoder:
     def step(self, next_ids: torch.Tensor) -> torch.Tensor:
         """One token per row at its own position: write its k/v into the row's slot, attend over
         the row's filled length (a mask hides the rest of the slot)."""
-        n = self.rows
         pos = self.lengths
         span = int(pos.max()) + 1
-        self._reserve(n, span)
+        # One spare row and position: a slice as long as its tensor would be a graph of its own when compiled.
+        self._reserve(self.rows + 1, span + 1)
+        hidden = torch.arange(span)[None] > pos[:, None]                             # [rows, span]
+        if self.compiled:                               # what varies: one graph for all of it (see compile)
+            _dynamic(hidden, dims=(1,))
+            if self.rows > 1:                           # one row is a graph of its own
+                _dynamic(next_ids, pos, hidden, dims=(0,))
+        logits = self._decode(next_ids, pos, hidden, self.k, self.v)
+        self.lengths = pos + 1
+        return logits
+
+    def _decode_step(self, next_ids: torch.Tensor, pos: torch.Tensor, hidden: torch.Tensor,
+                     k_cache: list[torch.Tensor], v_cache: list[torch.Tensor]) -> torch.Tensor:
+        """The step's tensor work, and nothing else: what `compile` hands to torch.compile."""
+        n, span = hidden.shape
         cos, sin = self.cos[pos][:, None, None], self.sin[pos][:, None, None]     # [rows, 1, 1, dim]
-        hidden = ~(torch.arange(span)[None] <= pos[:, None])                        # [rows, span]
         hidden = hidden[:, None, None]                                                # [rows, 1, 1, span]
         rows = torch.arange(n)
         group = self.heads // self.kv_heads
         x = F.embedding(next_ids[:, None], self.embed)                                # [rows, 1, hidden]
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer, x, cos, sin)
-            self.k[i][rows, :, pos] = k[:, :, 0]
-            self.v[i][rows, :, pos] = v[:, :, 0]
-            keys, values = self.k[i][:n, :, :span], self.v[i][:n, :, :span]           # views, no copy
+            k_cache[i][rows, :, pos] = k[:, :, 0]
+            v_cache[i][rows, :, pos] = v[:, :, 0]
+            keys, values = k_cache[i][:n, :, :span], v_cache[i][:n, :, :span]         # views, no copy
             # q grouped by the kv head it shares: [rows, kv heads, group, dim] @ [rows, kv heads, dim, span]
             scores = torch.matmul(q.view(n, self.kv_heads, group, self.head_dim), keys.transpose(-1, -2))
             scores = scores.mul_(self.scale).masked_fill_(hidden, float("-inf"))
             o = torch.matmul(torch.softmax(scores, dim=-1), values)                   # [rows, kv heads, group, dim]
             x = x + _linear(o.reshape(n, 1, -1), layer.o_w, layer.o_b)
             x = self._mlp(layer, x)
-        self.lengths = pos + 1
         return self._logits(x[:, 0])
+
+    def compile(self, threads: dict[str, int]) -> str | None:
+        """Swap the eager step for an inductor-compiled one (C++ wrapper, shapes dynamic in rows and
+        length) and compile it now for every case the engine will meet; None when that worked, else
+        why not (the eager step stays). `threads`: calibrate_threads' answer, which the engine follows.
+
+        Why: at these sizes a step is mostly PyTorch's per-operation dispatch, which inductor's
+        generated C++ removes (the quickstart model at one row: 3.3 -> 0.9 ms; 8 rows 5.4 -> 2.1;
+        32 rows 9.1 -> 7.2; dev/LOG.md, issue 14). The cost is a compile of ~30 s per graph the first
+        time; inductor's on-disk cache (TORCHINDUCTOR_CACHE_DIR) makes later starts take seconds.
+        """
+        import shutil
+        import time
+
+        if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+            return "no C++ compiler (g++/clang++) for inductor"
+        start = time.perf_counter()
+        # Which sizes vary is said exactly (`_dynamic`: rows, span, slot-table rows and length; all else
+        # is fixed), and sizes that happen to be equal at compile time stay separate symbols
+        # (duck shaping would tie a 64-position slot table to a width of 64, say: a new graph later).
+        torch.fx.experimental._config.use_duck_shape = False
+        compiled = torch.compile(self._decode_step, fullgraph=True, options={"cpp_wrapper": True})
+        # A graph per case: one row (size-1 dimensions specialise), several rows, and each torch thread
+        # count the engine sets (the thread count is baked into the generated loops: dynamo guards on it).
+        cases = [(1, threads["small"]), (2, threads["small"]), (3, threads["large"])]
+        before = torch.get_num_threads()
+        why = None
+        try:
+            for rows, count in cases:
+                if rows > self.max_batch:
+                    break
+                torch.set_num_threads(count)
+                want = self._run_steps(self._decode_step, False, rows)
+                got = self._run_steps(compiled, True, rows)
+                err = float((got - want).abs().max())
+                if err > 1e-3 * max(1.0, float(want.abs().max())):
+                    why = f"compiled step differs from the eager one by {err:.3g} at {rows} row(s)"
+                    break
+        except Exception as e:                      # no headers, an inductor bug: serve eagerly
+            why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+        finally:
+            torch.set_num_threads(before)
+            self.reset()
+        if why:
+            return why
+        self._decode, self.compiled = compiled, True
+        self.name = "slots, compiled"
+        log.info("embedded engine: decode step compiled in %.1f s", time.perf_counter() - start)
+        return None
+
+    def _run_steps(self, decode, compiled: bool, rows: int, steps: int = 3) -> torch.Tensor:
+        """Logits of `steps` greedy steps with this step function, from a fixed prompt per row."""
+        vocab = self.embed.shape[0]
+        prompts = [[1 + (5 * i + 3 * r) % (vocab - 1) for i in range(6 + r)] for r in range(rows)]
+        self.reset()
+        kept = self._decode, self.compiled
+        self._decode, self.compiled = decode, compiled
+        try:
+            with torch.inference_mode():            # the engine's worker runs under it: compile for it
+                ids = self.prefill(prompts).argmax(-1)
+                out = []
+                for _ in range(steps):
+                    out.append(self.step(ids))
+                    ids = out[-1].argmax(-1)
+        finally:
+            self._decode, self.compiled = kept
+            self.reset()
+        return torch.stack(out)
+
+
+def _dynamic(*tensors: torch.Tensor, dims: tuple[int, ...]) -> None:
+    """Tell torch.compile that these dimensions vary (marks on the tensors; no effect when eager)."""
+    for t in tensors:
+        torch._dynamo.maybe_mark_dynamic(t, [d for d in dims if d < t.dim()])
 
 
 def make_decoder(model, max_batch: int, pad_id: int, choice: str = "auto"):

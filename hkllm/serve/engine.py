@@ -111,7 +111,8 @@ class LocalEngine:
     kind = "embedded"
 
     def __init__(self, model_dir: str | Path, max_batch: int = 32, served_name: str | None = None,
-                 threads: int | None = None, precision: str = "auto", decoder: str = "auto"):
+                 threads: int | None = None, precision: str = "auto", decoder: str = "auto",
+                 compile: bool = False):
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
         self.model_dir = Path(model_dir)
@@ -145,6 +146,8 @@ class LocalEngine:
         cores = len(os.sched_getaffinity(0))
         self._threads = ({"small": threads, "large": threads} if threads
                          else calibrate_threads(self.decoder, cores, max_batch))
+        if compile and hasattr(self.decoder, "compile") and (why := self.decoder.compile(self._threads)):
+            log.warning("embedded engine: decode step not compiled (%s); eager steps", why)
         # What the start-up banner and logs say this engine chose, and why.
         self.runtime = (f"{self.decoder.name} forward pass · {self.precision.name} ({self.precision.reason}) · "
                         f"torch threads {self._threads['small']} for 1-2 rows, {self._threads['large']} for more "
