@@ -30,9 +30,12 @@ def check_model(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def server(argv: list[str], port: int, ready_path: str = "/v1/models", timeout: float = 180, env: dict | None = None):
-    """Run a server command, wait until ready_path answers 200, yield (base_url, Popen), stop it."""
-    log = open(REPO / f"runs/bench_{Path(argv[0]).name}_{port}.log", "w")
+def server(argv: list[str], port: int, ready_path: str = "/v1/models", timeout: float = 180, env: dict | None = None,
+           log_says: tuple[str, ...] = ()):
+    """Run a server command, wait until ready_path answers 200 (and, with log_says, until its log
+    holds one of those strings), yield (base_url, Popen), stop it."""
+    log_path = REPO / f"runs/bench_{Path(argv[0]).name}_{port}.log"
+    log = open(log_path, "w")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
@@ -49,6 +52,10 @@ def server(argv: list[str], port: int, ready_path: str = "/v1/models", timeout: 
             if time.time() > deadline:
                 raise RuntimeError(f"{argv[0]} not ready after {timeout} s; see {log.name}")
             time.sleep(0.5)
+        while log_says and not any(w in log_path.read_text(errors="replace") for w in log_says):
+            if proc.poll() is not None or time.time() > deadline + 900:
+                raise RuntimeError(f"{argv[0]}: none of {log_says} in {log.name}")
+            time.sleep(1)
         yield url + "/v1", proc
     finally:
         proc.terminate()
@@ -60,8 +67,12 @@ def server(argv: list[str], port: int, ready_path: str = "/v1/models", timeout: 
 
 
 def hkllm_serve(model: Path, port: int, *extra: str):
+    """`hkllm serve`, measured once its decoding step is compiled (or known not to be): it compiles
+    in the background while the eager step serves."""
+    compiles = "--eager" not in extra and "transformers" not in extra
     return server([str(BIN / "hkllm"), "serve", str(model), "--port", str(port), "--no-auth",
-                   "--state-dir", str(REPO / f"runs/bench_state_{port}"), *extra], port)
+                   "--state-dir", str(REPO / f"runs/bench_state_{port}"), *extra], port,
+                  log_says=("decode step compiled", "decode step not compiled") if compiles else ())
 
 
 def gguf_for(model: Path) -> Path:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import logging
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -105,6 +106,11 @@ def _serve(args) -> int:
         engine = UpstreamEngine(args.upstream, args.upstream_key, args.served_model_name, max_batch=args.max_batch)
     else:
         from hkllm.serve.engine import LocalEngine
+        # The engine's own log lines (which forward pass, when the compiled step takes over) to stderr.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("hkllm serve: %(message)s"))
+        logging.getLogger("hkllm.serve").addHandler(handler)
+        logging.getLogger("hkllm.serve").setLevel(logging.INFO)
         engine = LocalEngine(args.model_dir, max_batch=args.max_batch, served_name=args.served_model_name,
                              threads=args.threads, decoder=args.decoder,
                              compile=not args.eager)
@@ -234,9 +240,10 @@ def add_parser(subparsers, extensions: tuple = ()) -> None:
                         "transformers: its own forward for every model (slower per step)")
     s.add_argument("--eager", action="store_true",
                    help="skip compiling the decode step. By default `auto`'s step is compiled by torch.compile "
-                        "(inductor, C++: 1.3-3.5x faster per step on a CPU) before the server starts: ~30 s per "
-                        "graph the first time, seconds afterwards (inductor's cache, TORCHINDUCTOR_CACHE_DIR); "
-                        "without a C++ compiler the eager step is used and the log says why")
+                        "(inductor, C++: 1.3-3.5x faster per step on a CPU) in the background while the eager step "
+                        "serves: ~30 s per graph for a small model and minutes for a 30-layer one the first time, "
+                        "seconds afterwards (inductor's cache, TORCHINDUCTOR_CACHE_DIR); without a C++ compiler "
+                        "the eager step stays and the log says why")
     s.add_argument("--max-queue", type=_setting("max_queue"), **setting,
                    help="requests that may wait beyond the batch; more get 429 + Retry-After")
     s.add_argument("--max-prompt-tokens", type=_setting("max_prompt_tokens"), **setting,

@@ -320,10 +320,8 @@ class SlotDecoder:
         # One spare row and position: a slice as long as its tensor would be a graph of its own when compiled.
         self._reserve(self.rows + 1, span + 1)
         hidden = torch.arange(span)[None] > pos[:, None]                             # [rows, span]
-        if self.compiled:                               # what varies: one graph for all of it (see compile)
-            _dynamic(hidden, dims=(1,))
-            if self.rows > 1:                           # one row is a graph of its own
-                _dynamic(next_ids, pos, hidden, dims=(0,))
+        if self.compiled:
+            _mark_step(next_ids, pos, hidden)
         logits = self._decode(next_ids, pos, hidden, self.k, self.v)
         self.lengths = pos + 1
         return logits
@@ -352,13 +350,17 @@ class SlotDecoder:
 
     def compile(self, threads: dict[str, int]) -> str | None:
         """Swap the eager step for an inductor-compiled one (C++ wrapper, shapes dynamic in rows and
-        length) and compile it now for every case the engine will meet; None when that worked, else
-        why not (the eager step stays). `threads`: calibrate_threads' answer, which the engine follows.
+        length), compiled now for every case the engine will meet and checked against the eager step;
+        None when that worked, else why not (the eager step stays). `threads`: calibrate_threads'
+        answer, which the engine follows. It never touches the decoder's own rows, so the engine
+        runs it in a thread of its own and serves with the eager step meanwhile.
 
         Why: at these sizes a step is mostly PyTorch's per-operation dispatch, which inductor's
-        generated C++ removes (the quickstart model at one row: 3.3 -> 0.9 ms; 8 rows 5.4 -> 2.1;
-        32 rows 9.1 -> 7.2; dev/LOG.md, issue 14). The cost is a compile of ~30 s per graph the first
-        time; inductor's on-disk cache (TORCHINDUCTOR_CACHE_DIR) makes later starts take seconds.
+        generated C++ removes (one thread, in process: the quickstart model 3.3 -> 0.9 ms a step at
+        1 row, 5.4 -> 2.1 at 8, 9.1 -> 7.2 at 32; SmolLM2-135M 119 -> 58 at 1, 360 -> 174 at 8;
+        dev/LOG.md, issue 14). The cost: ~30 s per graph for the quickstart model and ~7 min for
+        SmolLM2's 30 layers the first time; inductor's on-disk cache (TORCHINDUCTOR_CACHE_DIR) makes
+        later starts take seconds.
         """
         import shutil
         import time
@@ -366,9 +368,9 @@ class SlotDecoder:
         if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
             return "no C++ compiler (g++/clang++) for inductor"
         start = time.perf_counter()
-        # Which sizes vary is said exactly (`_dynamic`: rows, span, slot-table rows and length; all else
-        # is fixed), and sizes that happen to be equal at compile time stay separate symbols
-        # (duck shaping would tie a 64-position slot table to a width of 64, say: a new graph later).
+        # Which sizes vary is said exactly (`_mark_step`, `_dynamic`: rows, span, slot-table rows and
+        # length; all else is fixed), and sizes that happen to be equal at compile time stay separate
+        # symbols (duck shaping would tie a 64-position slot table to a width of 64, say: a new graph later).
         torch.fx.experimental._config.use_duck_shape = False
         compiled = torch.compile(self._decode_step, fullgraph=True, options={"cpp_wrapper": True})
         # A graph per case: one row (size-1 dimensions specialise), several rows, and each torch thread
@@ -381,8 +383,7 @@ class SlotDecoder:
                 if rows > self.max_batch:
                     break
                 torch.set_num_threads(count)
-                want = self._run_steps(self._decode_step, False, rows)
-                got = self._run_steps(compiled, True, rows)
+                want, got = self._trial_step(self._decode_step, rows), self._trial_step(compiled, rows)
                 err = float((got - want).abs().max())
                 if err > 1e-3 * max(1.0, float(want.abs().max())):
                     why = f"compiled step differs from the eager one by {err:.3g} at {rows} row(s)"
@@ -391,32 +392,38 @@ class SlotDecoder:
             why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
         finally:
             torch.set_num_threads(before)
-            self.reset()
         if why:
             return why
-        self._decode, self.compiled = compiled, True
+        self.compiled = True                        # marks first: a compiled call without them would specialise
+        self._decode = compiled
         self.name = "slots, compiled"
         log.info("embedded engine: decode step compiled in %.1f s", time.perf_counter() - start)
         return None
 
-    def _run_steps(self, decode, compiled: bool, rows: int, steps: int = 3) -> torch.Tensor:
-        """Logits of `steps` greedy steps with this step function, from a fixed prompt per row."""
-        vocab = self.embed.shape[0]
-        prompts = [[1 + (5 * i + 3 * r) % (vocab - 1) for i in range(6 + r)] for r in range(rows)]
-        self.reset()
-        kept = self._decode, self.compiled
-        self._decode, self.compiled = decode, compiled
-        try:
-            with torch.inference_mode():            # the engine's worker runs under it: compile for it
-                ids = self.prefill(prompts).argmax(-1)
-                out = []
-                for _ in range(steps):
-                    out.append(self.step(ids))
-                    ids = out[-1].argmax(-1)
-        finally:
-            self._decode, self.compiled = kept
-            self.reset()
-        return torch.stack(out)
+    def _trial_step(self, decode, rows: int) -> torch.Tensor:
+        """One step of `decode` over a scratch slot table (fixed random contents; rows at different
+        lengths), marked as `step` marks its tensors."""
+        # Every tensor made under inference_mode, as the engine's worker makes them: an ordinary
+        # tensor is another dispatch key set to dynamo, so another graph.
+        with torch.inference_mode():
+            gen = torch.Generator().manual_seed(rows)
+            shape = (rows + 1, self.kv_heads, 64, self.head_dim)
+            k = [torch.randn(shape, generator=gen).to(self.dtype) for _ in self.layers]
+            v = [torch.randn(shape, generator=gen).to(self.dtype) for _ in self.layers]
+            _dynamic(*k, *v, dims=(0, 2))
+            pos = torch.tensor([9 + rows - r % 3 for r in range(rows)])
+            hidden = torch.arange(int(pos.max()) + 1)[None] > pos[:, None]
+            ids = torch.tensor([(7 * r + 3) % self.embed.shape[0] for r in range(rows)])
+            _mark_step(ids, pos, hidden)
+            return decode(ids, pos, hidden, k, v)
+
+
+def _mark_step(next_ids: torch.Tensor, pos: torch.Tensor, hidden: torch.Tensor) -> None:
+    """What varies between a compiled step's calls: the span always, the rows when there are
+    several (one row is a graph of its own). One graph for all of it (see SlotDecoder.compile)."""
+    _dynamic(hidden, dims=(1,))
+    if len(pos) > 1:
+        _dynamic(next_ids, pos, hidden, dims=(0,))
 
 
 def _dynamic(*tensors: torch.Tensor, dims: tuple[int, ...]) -> None:
@@ -485,17 +492,21 @@ def calibrate_threads(decoder, cores: int, max_batch: int, steps: int = 9) -> di
                 spent += times[-1]
         return statistics.median(times)
 
-    def fewest(most: int, rows: int, one: float | None = None) -> int:
-        # One more thread must win 10%: a tie is noise, and an idle OpenMP thread still spins.
-        if most == 1:
+    def fewest(most: int, rows: int) -> int:
+        """The fewest threads within 10% of the fastest (a tie is noise, and an idle OpenMP thread
+        still spins). The settings are timed in turn, three rounds, medians:
+        this machine's speed drifts by tens of percent from one minute to the next, which timing
+        one setting after the other read as a difference between them (it once gave a light model
+        2 threads for one row: c=1 throughput 538 -> 328 tok/s)."""
+        if most <= 1:
             return 1
-        best, best_time = 1, one if one is not None else per_step(1, rows)
-        for t in range(2, most + 1):
-            took = per_step(t, rows)
-            if took > 0.9 * best_time:
-                break
-            best, best_time = t, took
-        return best
+        counts = list(range(1, most + 1))
+        times = {t: [] for t in counts}
+        for _ in range(3):
+            for t in counts:
+                times[t].append(per_step(t, rows))
+        median = {t: statistics.median(v) for t, v in times.items()}
+        return next(t for t in counts if median[t] <= min(median.values()) / 0.9)
 
     before = torch.get_num_threads()
     try:
@@ -503,7 +514,7 @@ def calibrate_threads(decoder, cores: int, max_batch: int, steps: int = 9) -> di
         rows = min(8, max_batch)
         one = per_step(1, rows) if cores > 1 else 0.0
         # A step that long (a model where compute dominates) leaves the HTTP loop a small share: all cores may go.
-        large = fewest(cores if one >= HEAVY_STEP_S else cores - 1, rows, one) if cores > 1 else 1
+        large = fewest(cores if one >= HEAVY_STEP_S else cores - 1, rows)
     finally:
         decoder.reset()
         torch.set_num_threads(before)

@@ -9,7 +9,8 @@ waiting requests (up to `max_batch` rows in all), prefills them together and add
 running batch: continuous batching at step granularity. The forward passes and the KV cache are a
 decoder's (decoders.py: Llama-family models written out over per-row cache slots, anything else
 through transformers' forward); the torch thread count for small and large batches is timed at
-start. Every row has its own temperature, top-p, seed, stop strings, token budget
+start, and `compile=True` (what `hkllm serve` passes unless `--eager`) then compiles the decoding
+step for those counts in a thread of its own while the eager step serves. Every row has its own temperature, top-p, seed, stop strings, token budget
 and logits processors, and streams its text back to the asyncio loop as it goes; rows that
 finish (or whose client went away) leave the batch at once. benchmarks/serve_capacity.py
 measures this against transformers' own continuous batching (`transformers serve --continuous-batching`).
@@ -146,13 +147,16 @@ class LocalEngine:
         cores = len(os.sched_getaffinity(0))
         self._threads = ({"small": threads, "large": threads} if threads
                          else calibrate_threads(self.decoder, cores, max_batch))
-        if compile and hasattr(self.decoder, "compile") and (why := self.decoder.compile(self._threads)):
-            log.warning("embedded engine: decode step not compiled (%s); eager steps", why)
         # What the start-up banner and logs say this engine chose, and why.
         self.runtime = (f"{self.decoder.name} forward pass · {self.precision.name} ({self.precision.reason}) · "
                         f"torch threads {self._threads['small']} for 1-2 rows, {self._threads['large']} for more "
                         f"({'--threads' if threads else 'timed at start'}; {cores} cores)")
         log.info("embedded engine: %s", self.runtime)
+        if compile and hasattr(self.decoder, "compile"):
+            # In a thread of its own: the first compile takes from ~30 s to minutes (decoders.py), and
+            # the eager step serves meanwhile; the compiled one takes over when it is built and checked.
+            self.runtime += " · decoding step compiling in the background (see the log)"
+            threading.Thread(target=self._compile, name="hkllm-compile", daemon=True).start()
 
         self._waiting: list[_Sequence] = []
         self._outbox: list[tuple[_Sequence, Event]] = []
@@ -260,6 +264,11 @@ class LocalEngine:
             self._scoring.append((list(prompt_ids), top, loop, fut))
             self._cond.notify()
         return await fut
+
+    def _compile(self) -> None:
+        why = self.decoder.compile(self._threads)
+        if why:
+            log.warning("embedded engine: decode step not compiled (%s); eager steps", why)
 
     def close(self) -> None:
         with self._cond:

@@ -9,9 +9,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 from hkllm.serve.decoders import PaddedDecoder, SlotDecoder, calibrate_threads, make_decoder, slot_decoder_unfit
 
 
-def tiny(kind: str):
+def tiny(kind: str, layers: int = 2):
     torch.manual_seed(0)
-    common = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+    common = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=layers, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=256)
     if kind == "qwen2":
         return Qwen2ForCausalLM(Qwen2Config(**common)).eval()
@@ -98,8 +98,8 @@ def test_compiled_step_matches_eager_and_compiles_nothing_while_serving():
     seconds) and give the eager step's logits."""
     from torch._dynamo.utils import counters
 
-    eager = make_decoder(tiny("qwen2"), max_batch=5, pad_id=0)
-    compiled = make_decoder(tiny("qwen2"), max_batch=5, pad_id=0)
+    eager = make_decoder(tiny("qwen2", layers=1), max_batch=5, pad_id=0)     # one layer: half the compile time
+    compiled = make_decoder(tiny("qwen2", layers=1), max_batch=5, pad_id=0)
     assert compiled.compile({"small": 1, "large": 1}) is None and compiled.name == "slots, compiled"
     graphs = counters["stats"]["unique_graphs"]
     torch.set_num_threads(1)                    # as the engine does for every batch size here

@@ -329,7 +329,7 @@ def test_cli_serve_starts_and_refuses_no_auth_off_loopback(model_dir, tmp_path):
     assert bad.returncode == 2 and "loopback" in bad.stderr
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "hkllm", "serve", str(model_dir), "--no-auth", "--port", str(port),
-                             "--state-dir", str(tmp_path / "cli"), "--eager"], stderr=subprocess.PIPE, text=True)
+                             "--state-dir", str(tmp_path / "cli")], stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60
         while time.time() < deadline:
