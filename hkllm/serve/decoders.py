@@ -375,6 +375,8 @@ class SlotDecoder:
         compiled = torch.compile(self._decode_step, fullgraph=True, options={"cpp_wrapper": True})
         # A graph per case: one row (size-1 dimensions specialise), several rows, and each torch thread
         # count the engine sets (the thread count is baked into the generated loops: dynamo guards on it).
+        # The count is process-wide: while this runs beside the engine's worker, a step of the worker's
+        # may run with the other count when the two differ (slower, never wrong).
         cases = [(1, threads["small"]), (2, threads["small"]), (3, threads["large"])]
         before = torch.get_num_threads()
         why = None

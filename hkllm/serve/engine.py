@@ -10,10 +10,11 @@ running batch: continuous batching at step granularity. The forward passes and t
 decoder's (decoders.py: Llama-family models written out over per-row cache slots, anything else
 through transformers' forward); the torch thread count for small and large batches is timed at
 start, and `compile=True` (what `hkllm serve` passes unless `--eager`) then compiles the decoding
-step for those counts in a thread of its own while the eager step serves. Every row has its own temperature, top-p, seed, stop strings, token budget
-and logits processors, and streams its text back to the asyncio loop as it goes; rows that
-finish (or whose client went away) leave the batch at once. benchmarks/serve_capacity.py
-measures this against transformers' own continuous batching (`transformers serve --continuous-batching`).
+step for those counts in a thread of its own while the eager step serves. Every row has its own
+temperature, top-p, seed, stop strings, token budget and logits processors, and streams its text
+back to the asyncio loop as it goes; rows that finish (or whose client went away) leave the batch
+at once. benchmarks/serve_capacity.py measures this against llama.cpp's llama-server and
+transformers' own continuous batching (`transformers serve --continuous-batching`).
 
 The gateway (gateway.py) talks to this engine only through the Engine contract (contract.py):
 `chat`, `complete`, `stats`, `ready`, `aclose` and eight attributes, so UpstreamEngine (upstream.py)
