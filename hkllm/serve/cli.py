@@ -240,7 +240,7 @@ def add_parser(subparsers, extensions: tuple = ()) -> None:
                         "transformers: its own forward for every model (slower per step)")
     s.add_argument("--eager", action="store_true",
                    help="skip compiling the decode step. By default `auto`'s step is compiled by torch.compile "
-                        "(inductor, C++: 1.3-3.5x faster per step on a CPU) in the background while the eager step "
+                        "(inductor, C++: up to 3.5x faster per step for a small model on a CPU) in the background while the eager step "
                         "serves: ~30 s per graph for a small model and minutes for a 30-layer one the first time, "
                         "seconds afterwards (inductor's cache, TORCHINDUCTOR_CACHE_DIR); without a C++ compiler "
                         "the eager step stays and the log says why")

@@ -357,7 +357,7 @@ class SlotDecoder:
 
         Why: at these sizes a step is mostly PyTorch's per-operation dispatch, which inductor's
         generated C++ removes (one thread, in process: the quickstart model 3.3 -> 0.9 ms a step at
-        1 row, 5.4 -> 2.1 at 8, 9.1 -> 7.2 at 32; SmolLM2-135M 119 -> 58 at 1, 360 -> 174 at 8;
+        1 row, 5.4 -> 2.1 at 8, 9.1 -> 7.2 at 32; served, SmolLM2-135M's one-user TPOT 76 -> 64 ms;
         dev/LOG.md, issue 14). The cost: ~30 s per graph for the quickstart model and ~7 min for
         SmolLM2's 30 layers the first time; inductor's on-disk cache (TORCHINDUCTOR_CACHE_DIR) makes
         later starts take seconds.
