@@ -102,22 +102,26 @@ def test_compiled_step_matches_eager_and_compiles_nothing_while_serving():
     compiled = make_decoder(tiny("qwen2", layers=1), max_batch=5, pad_id=0)
     assert compiled.compile({"small": 1, "large": 1}) is None and compiled.name == "slots, compiled"
     graphs = counters["stats"]["unique_graphs"]
-    torch.set_num_threads(1)                    # as the engine does for every batch size here
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)                    # as the engine does for every batch size here (restored below:
     schedule = {0: ("join", [[3, 4, 5]]), 10: ("join", [[7] * 9, [1, 2]]), 20: ("join", [[5] * 30, [6, 6]]),
                 40: ("keep", [0, 2, 4]), 50: ("keep", [1]), 60: ("join", [[8, 9]] * 4), 90: ("keep", [3])}
-    with torch.inference_mode():
-        logits = {}
-        for step in range(200):
-            for name, d in (("eager", eager), ("compiled", compiled)):
-                action, arg = schedule.get(step, (None, None))
-                nxt = logits[name].argmax(-1) if name in logits else None
-                if action == "keep":
-                    order = d.keep(arg)
-                    nxt = nxt[torch.tensor(order)]
-                out = d.step(nxt) if nxt is not None and len(nxt) else torch.zeros(0, 300)
-                if action == "join":
-                    out = torch.cat([out, d.prefill(arg)])
-                logits[name] = out
-            assert torch.allclose(logits["compiled"], logits["eager"], atol=1e-4), step
+    try:                                        # a leaked count changes every later test's arithmetic)
+        with torch.inference_mode():
+            logits = {}
+            for step in range(200):
+                for name, d in (("eager", eager), ("compiled", compiled)):
+                    action, arg = schedule.get(step, (None, None))
+                    nxt = logits[name].argmax(-1) if name in logits else None
+                    if action == "keep":
+                        order = d.keep(arg)
+                        nxt = nxt[torch.tensor(order)]
+                    out = d.step(nxt) if nxt is not None and len(nxt) else torch.zeros(0, 300)
+                    if action == "join":
+                        out = torch.cat([out, d.prefill(arg)])
+                    logits[name] = out
+                assert torch.allclose(logits["compiled"], logits["eager"], atol=1e-4), step
+    finally:
+        torch.set_num_threads(before)
     assert int(compiled.lengths.max()) > 128                       # past two doublings of the 64-position slots
     assert counters["stats"]["unique_graphs"] == graphs, "a graph was compiled while serving"
