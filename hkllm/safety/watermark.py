@@ -25,8 +25,8 @@ answer recomputes the same contexts):
 `scheme="auto"` (the default) uses green below `green_below_temperature` (greedy and low
 temperature) and Gumbel above. Detection tries both and corrects for the tries.
 
-**Pseudo-random function.** Philox4x32-10 (Salmon et al., SC'11) in integer arithmetic (numpy
-uint64), with the context/token layout of vLLM's `philox4x32-10-v1` PRF: nothing comes from a
+**Pseudo-random function.** Philox4x32-10 (Salmon et al., SC'11) in integer arithmetic (numba
+kernels over uint64), with the context/token layout of vLLM's `philox4x32-10-v1` PRF: nothing comes from a
 device's random generator, so text marked on a GPU is detected on a CPU and the other way round,
 and a fresh process with the same key gives the same green lists. Gumbel uses stream 0 and is
 bit-for-bit vLLM's `--watermark-config '{"algorithm": "gumbel", "key": K}'` (context width 4,
@@ -80,6 +80,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
+import numba
 import numpy as np
 
 from hkllm.errors import UserError
@@ -194,16 +195,23 @@ def _read_key(path: Path) -> WatermarkKey:
 
 
 # ------------------------------------------------------------------------------------------ the PRF
+#
+# Philox4x32-10 as numba kernels: the engine marks every row at every decoding step, and the keyed
+# words of a step's candidates are ~2 x 10 rounds of a dozen integer operations each. In numpy every
+# operation is a call of ~1-2 µs on a small array: the vectorised version cost 0.4 ms of a 2.3 ms
+# eight-row step (19% of the engine's time; dev/LOG.md, issue 14). Compiled, a step's words take a
+# few µs. 32-bit words are held in uint64 so that a 32×32-bit product fits; every constant is a
+# uint64, since numba, like numpy, turns uint64 mixed with int64 into a float.
 
 _MASK = np.uint64(0xFFFFFFFF)
 _M0, _M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)       # Philox4x32 multipliers (Random123)
 _W0, _W1 = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)       # Weyl key increments
 _CONTEXT_DOMAIN, _TOKEN_DOMAIN = np.uint64(0x574D4358), np.uint64(0x574D544B)  # "WMCX", "WMTK"
-_32 = np.uint64(32)
+_2, _3, _32 = np.uint64(2), np.uint64(3), np.uint64(32)
 
 
+@numba.njit(cache=True, inline="always")
 def _philox4x32_10(c0, c1, c2, c3, k0, k1):
-    """Ten Philox4x32 rounds on uint64 arrays holding 32-bit words (a 32×32-bit product fits in 64)."""
     for r in range(10):
         p0, p1 = c0 * _M0, c2 * _M1
         c0, c1, c2, c3 = (p1 >> _32) ^ c1 ^ k0, p1 & _MASK, (p0 >> _32) ^ c3 ^ k1, p0 & _MASK
@@ -212,79 +220,111 @@ def _philox4x32_10(c0, c1, c2, c3, k0, k1):
     return c0, c1, c2, c3
 
 
-def _key_words(key: int, stream: int):
-    k0, k1 = np.uint64(key & 0xFFFFFFFF), np.uint64(key >> 32)
-    return k0, k1, np.uint64(stream & 0xFFFFFFFF), np.uint64(stream >> 32)
-
-
-def _absorb_contexts(key: int, contexts: np.ndarray):
-    """Philox state after absorbing each context row (4 tokens per block), as vLLM's v1 layout."""
-    n, h = contexts.shape
-    ctx = contexts.astype(np.int64).astype(np.uint64) & _MASK          # -1 (padding) -> 0xFFFFFFFF
-    k0, k1, _, _ = _key_words(key, 0)
-    state = (np.full(n, _CONTEXT_DOMAIN), np.full(n, h, dtype=np.uint64), np.zeros(n, np.uint64),
-             np.zeros(n, np.uint64))
+@numba.njit(cache=True, inline="always")
+def _absorb(k0, k1, context):
+    """Philox state after absorbing one context (int64, -1 = padding), 4 tokens per block, as
+    vLLM's v1 layout; a block's missing tokens are 0xFFFFFFFF, 0xFFFFFFFE, ..."""
+    h = context.shape[0]
+    s0, s1, s2, s3 = _CONTEXT_DOMAIN, np.uint64(h), np.uint64(0), np.uint64(0)
     for offset in range(0, h, 4):
-        block = [ctx[:, offset + i] if offset + i < h else np.full(n, _MASK - np.uint64(i)) for i in range(4)]
-        state = _philox4x32_10(*(state[i] ^ block[i] for i in range(4)), k0 ^ np.uint64(offset), k1)
-    return state
+        b = np.empty(4, np.uint64)
+        for i in range(4):
+            b[i] = (np.uint64(context[offset + i]) & _MASK) if offset + i < h else _MASK - np.uint64(i)
+        s0, s1, s2, s3 = _philox4x32_10(s0 ^ b[0], s1 ^ b[1], s2 ^ b[2], s3 ^ b[3], k0 ^ np.uint64(offset), k1)
+    return s0, s1, s2, s3
+
+
+@numba.njit(cache=True, inline="always")
+def _word(state, k0, k1, stream, token):
+    """The 32-bit word of `token` under an absorbed context, in keyed stream `stream`."""
+    s0, s1, s2, s3 = state
+    t = np.uint64(token) & _MASK
+    out = _philox4x32_10(t >> _2, s0, s1, s2, k0 ^ s3 ^ (stream >> _32), k1 ^ _TOKEN_DOMAIN ^ (stream & _MASK))
+    lane = t & _3
+    return out[0] if lane == 0 else out[1] if lane == 1 else out[2] if lane == 2 else out[3]
+
+
+@numba.njit(cache=True)
+def _pair_words(k0, k1, stream, contexts, tokens):
+    out = np.empty(tokens.shape[0], np.uint64)
+    for i in range(tokens.shape[0]):
+        out[i] = _word(_absorb(k0, k1, contexts[i]), k0, k1, stream, tokens[i])
+    return out
+
+
+@numba.njit(cache=True)
+def _context_words(k0, k1, stream, context, tokens):
+    state = _absorb(k0, k1, context)
+    out = np.empty(tokens.shape[0], np.uint64)
+    for i in range(tokens.shape[0]):
+        out[i] = _word(state, k0, k1, stream, tokens[i])
+    return out
+
+
+@numba.njit(cache=True, fastmath=True)
+def _row_max(row):
+    """The best logit (vectorised: fastmath lets the reduction reorder; the logits hold no NaN)."""
+    best = row[0]
+    for t in range(1, row.shape[0]):
+        best = max(best, row[t])
+    return best
+
+
+@numba.njit(cache=True)
+def _green_bias(values, rows, contexts, reach, k0, k1, stream, threshold, delta):
+    """+delta on the green tokens of `values[rows[i]]` within `reach[i]` of the row's best logit
+    (in place, float32). A row with a quarter of its vocabulary within reach gets the bias on every
+    green token instead: the whole-vocabulary mask, which is what the shortcut must agree with.
+    Plain loops: numba's array expressions (max, compare, nonzero) allocate and cost ~7 µs a row."""
+    vocab = values.shape[1]
+    near = np.empty(vocab, np.int64)
+    for i in range(rows.shape[0]):
+        row = values[rows[i]]
+        floor = _row_max(row) - reach[i]
+        n = 0
+        for t in range(vocab):
+            if row[t] >= floor:
+                near[n] = t
+                n += 1
+        state = _absorb(k0, k1, contexts[i])
+        if 4 * n >= vocab:
+            for t in range(vocab):
+                if _word(state, k0, k1, stream, t) < threshold:
+                    row[t] += delta
+        else:
+            for j in range(n):
+                if _word(state, k0, k1, stream, near[j]) < threshold:
+                    row[near[j]] += delta
+
+
+def _key_words(key: int | WatermarkKey) -> tuple[np.uint64, np.uint64]:
+    key = key._value if isinstance(key, WatermarkKey) else int(key)
+    return np.uint64(key & 0xFFFFFFFF), np.uint64(key >> 32)
 
 
 def philox_uint32(key: int | WatermarkKey, contexts, tokens, stream: int = 0) -> np.ndarray:
     """32-bit keyed words, one per (context row, token): contexts (n, h) with tokens (n,) pairs them;
     one context row (1, h) with tokens (V,) gives that context's word for every token."""
-    key = key._value if isinstance(key, WatermarkKey) else int(key)
     contexts = np.atleast_2d(np.asarray(contexts, dtype=np.int64))
-    tokens = np.asarray(tokens, dtype=np.int64)
-    s0, s1, s2, s3 = _absorb_contexts(key, contexts)
-    k0, k1, st0, st1 = _key_words(key, stream)
-    tok = tokens.astype(np.uint64) & _MASK
-    outs = _philox4x32_10(tok >> np.uint64(2), s0, s1, s2, k0 ^ s3 ^ st1, k1 ^ _TOKEN_DOMAIN ^ st0)
-    return np.choose((tok & np.uint64(3)).astype(np.int64), outs)
+    tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    k0, k1 = _key_words(key)
+    if contexts.shape[0] == 1 and tokens.shape[0] != 1:
+        return _context_words(k0, k1, np.uint64(stream), contexts[0], tokens)
+    return _pair_words(k0, k1, np.uint64(stream), contexts, tokens)
 
 
-def _philox_scalar(c: list[int], k0: int, k1: int) -> list[int]:
-    """The same ten rounds on Python ints (one context: cheaper than numpy's per-call overhead)."""
-    c0, c1, c2, c3 = c
-    for r in range(10):
-        p0, p1 = 0xD2511F53 * c0, 0xCD9E8D57 * c2
-        c0, c1, c2, c3 = (p1 >> 32) ^ c1 ^ k0, p1 & 0xFFFFFFFF, (p0 >> 32) ^ c3 ^ k1, p0 & 0xFFFFFFFF
-        if r < 9:
-            k0, k1 = (k0 + 0x9E3779B9) & 0xFFFFFFFF, (k1 + 0xBB67AE85) & 0xFFFFFFFF
-    return [c0, c1, c2, c3]
+def compile_kernels() -> None:
+    """Compile the PRF kernels now (or load them from numba's cache beside this file): the first
+    call costs 0.3 s cached, ~3 s not, which a server pays at start rather than in a request."""
+    one = np.full((1, 2), -1, dtype=np.int64)
+    philox_uint32(0, one, [0]), philox_uint32(0, one, [0, 1])
+    _green_bias(np.zeros((1, 4), np.float32), np.zeros(1, np.int64), one, np.zeros(1, np.float32),
+                np.uint64(0), np.uint64(0), np.uint64(GREEN_STREAM), np.uint64(0), np.float32(0))
 
 
-def _absorb_context(key: int, context: tuple[int, ...]) -> list[int]:
-    """`_absorb_contexts` for one context, on Python ints."""
-    h, k0, k1 = len(context), key & 0xFFFFFFFF, key >> 32
-    state = [0x574D4358, h, 0, 0]
-    for offset in range(0, h, 4):
-        block = [context[offset + i] & 0xFFFFFFFF if offset + i < h else 0xFFFFFFFF - i for i in range(4)]
-        state = _philox_scalar([state[i] ^ block[i] for i in range(4)], k0 ^ offset, k1)
-    return state
-
-
-def _vocab_words(key: int, context: tuple[int, ...], vocab_size: int, stream: int) -> np.ndarray:
-    """The word of every token 0..vocab_size-1 under one context: one Philox call per 4 tokens."""
-    s0, s1, s2, s3 = (np.uint64(w) for w in _absorb_context(key, context))
-    k0, k1, st0, st1 = _key_words(key, stream)
-    blocks = np.arange((vocab_size + 3) // 4, dtype=np.uint64)
-    outs = _philox4x32_10(blocks, s0, s1, s2, k0 ^ s3 ^ st1, k1 ^ _TOKEN_DOMAIN ^ st0)
-    return np.stack(outs, axis=1).reshape(-1)[:vocab_size]
-
-
-def _token_words(key: int, context: tuple[int, ...], tokens: np.ndarray, stream: int) -> np.ndarray:
-    """The words of some tokens under one context (`_vocab_words` restricted to `tokens`)."""
-    if len(tokens) <= 16:                 # a few candidates (the usual case): Python ints beat numpy's call overhead
-        s0, s1, s2, s3 = _absorb_context(key, context)
-        k0, k1 = key & 0xFFFFFFFF, key >> 32
-        a, b = k0 ^ s3 ^ (stream >> 32), k1 ^ int(_TOKEN_DOMAIN) ^ (stream & 0xFFFFFFFF)
-        return np.array([_philox_scalar([int(t) >> 2, s0, s1, s2], a, b)[int(t) & 3] for t in tokens], dtype=np.uint64)
-    s0, s1, s2, s3 = (np.uint64(w) for w in _absorb_context(key, context))
-    k0, k1, st0, st1 = _key_words(key, stream)
-    tok = np.asarray(tokens, dtype=np.int64).astype(np.uint64)
-    outs = _philox4x32_10(tok >> np.uint64(2), s0, s1, s2, k0 ^ s3 ^ st1, k1 ^ _TOKEN_DOMAIN ^ st0)
-    return np.choose((tok & np.uint64(3)).astype(np.int64), outs)
+def _token_words(key: int, context: tuple[int, ...], tokens, stream: int) -> np.ndarray:
+    """The words of some tokens under one context."""
+    return philox_uint32(key, [context], np.asarray(tokens, dtype=np.int64).reshape(-1), stream)
 
 
 def words_to_uniform(words: np.ndarray) -> np.ndarray:
@@ -292,9 +332,9 @@ def words_to_uniform(words: np.ndarray) -> np.ndarray:
     return (((words >> np.uint64(8)).astype(np.float64) + 1.0) / (2**24 + 1)).astype(np.float32)
 
 
-@lru_cache(maxsize=256)
 def _green_mask(key: int, threshold: int, context: tuple[int, ...], vocab_size: int) -> np.ndarray:
-    return _vocab_words(key, context, vocab_size, GREEN_STREAM) < np.uint64(threshold)
+    """Which tokens of the vocabulary are green under `context` (the definition `_green_bias` keeps to)."""
+    return _token_words(key, context, np.arange(vocab_size), GREEN_STREAM) < np.uint64(threshold)
 
 
 # --------------------------------------------------------------------------------------- the config
@@ -424,54 +464,24 @@ class _GreenRow(_Row):
 
     @classmethod
     def apply_batch(cls, procs: list[_GreenRow], ids_per_row: list, logits: torch.Tensor, rows: list[int]) -> None:
-        """What `__call__` does to each row, for many rows at once: the candidates of every row in
-        one comparison, the keyed words of all (row, candidate) pairs in one vectorised Philox."""
+        """What `__call__` does to each row, for many rows at once: one compiled pass over the
+        rows (`_green_bias`) on a numpy view of the engine's float32 logits (shared memory)."""
         live = [(row, p, ctx) for row, p, ids in zip(rows, procs, ids_per_row)
                 if (ctx := p._row_context(ids)) is not None]
         if not live:
             return
-        # In numpy, over the engine's float32 logits (shared memory): this runs at every step, and on
-        # arrays this small numpy's calls cost ~1 µs where torch's cost 5-10 (at one row the torch
-        # version was ~0.5 ms a step, half of a compiled decoding step; dev/LOG.md, issue 14).
-        values = logits.numpy()
-        index = np.array([row for row, _, _ in live])
-        sub = values[index]
-        reach = np.array([p._reach for _, p, _ in live], dtype=sub.dtype)
-        near = sub >= sub.max(axis=-1, keepdims=True) - reach[:, None]
         first = live[0][1]
-        for i in np.flatnonzero(4 * near.sum(axis=-1) >= sub.shape[-1]):     # rare: whole-vocabulary mask
-            green = _green_mask(first._key, first._threshold, live[i][2], sub.shape[-1])
-            values[live[i][0]] += green.astype(sub.dtype) * np.float32(first._delta)
-            near[i] = False
-        at, tokens = np.nonzero(near)                          # (row in `live`, token) pairs
-        if not len(at):
-            return
-        if len(at) <= 16:         # few candidates in all (greedy, few rows): Python ints beat numpy's overhead
-            words = np.concatenate([_token_words(first._key, live[i][2], tokens[at == i], GREEN_STREAM)
-                                    for i in sorted(set(at.tolist()))])
-        else:
-            contexts = np.array([ctx for _, _, ctx in live], dtype=np.int64)[at]
-            words = philox_uint32(first._key, contexts, tokens, GREEN_STREAM)
-        green = words < np.uint64(first._threshold)
-        values[index[at[green]], tokens[green]] += np.float32(first._delta)   # pairs are distinct: no lost adds
+        k0, k1 = _key_words(first._key)
+        _green_bias(logits.numpy(), np.array([row for row, _, _ in live], dtype=np.int64),
+                    np.array([ctx for _, _, ctx in live], dtype=np.int64),
+                    np.array([p._reach for _, p, _ in live], dtype=np.float32), k0, k1,
+                    np.uint64(GREEN_STREAM), np.uint64(first._threshold), np.float32(first._delta))
 
     def __call__(self, ids, logits):
-        import torch
-
-        ctx = self._row_context(ids)
-        if ctx is None:
-            return logits
-        candidates = torch.nonzero(logits >= float(logits.max()) - self._reach).flatten().tolist()
-        if 4 * len(candidates) >= logits.shape[-1]:
-            green = torch.from_numpy(_green_mask(self._key, self._threshold, ctx, logits.shape[-1]))
-            logits += green.to(device=logits.device, dtype=logits.dtype) * self._delta
-            return logits
-        words = _token_words(self._key, ctx, candidates, GREEN_STREAM)
-        chosen = [t for t, w in zip(candidates, words.tolist()) if w < self._threshold]
-        if len(chosen) == 1:              # the usual case: one scalar write is cheaper than indexing
-            logits[chosen[0]] += self._delta
-        elif chosen:
-            logits[torch.tensor(chosen, device=logits.device)] += self._delta
+        x = logits.detach().float().cpu().reshape(1, -1)    # a view when the logits are already float32 on the CPU
+        self.apply_batch([self], [ids], x, [0])
+        if x.data_ptr() != logits.data_ptr():
+            logits.copy_(x.reshape(logits.shape))
         return logits
 
 
@@ -526,7 +536,7 @@ def gumbel_argmax(scaled_logits: torch.Tensor, key: int | WatermarkKey, context:
         words = _token_words(key, context, candidates.numpy(), GUMBEL_STREAM)
         x, pick = x[candidates], candidates
     else:
-        words, pick = _vocab_words(key, context, x.shape[-1], GUMBEL_STREAM), None
+        words, pick = _token_words(key, context, np.arange(x.shape[-1]), GUMBEL_STREAM), None
     u = torch.from_numpy(words_to_uniform(words)).clamp_min(torch.finfo(torch.float32).tiny)
     best = int(torch.argmax(x + -torch.log(-torch.log(u))))
     return best if pick is None else int(pick[best])

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from hkllm.safety.watermark import WatermarkConfig, detect, load_or_create_key, watermark_processor
+from hkllm.safety.watermark import WatermarkConfig, compile_kernels, detect, load_or_create_key, watermark_processor
 from hkllm.serve.protocol import GenerationRequest
 
 
@@ -38,6 +38,7 @@ class Watermarker:
         self.key = load_or_create_key(state_dir)
         self.tokenizer, self.exempt_keys = tokenizer, set(exempt_keys)
         self.config_id = self.config.config_id(self.key)
+        compile_kernels()
 
     def attach(self, request: GenerationRequest, key=None) -> tuple[GenerationRequest, str]:
         """The request with its watermark processor last, and what the audit row records: the
