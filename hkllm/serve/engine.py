@@ -74,6 +74,7 @@ class _Sequence:
     text: str = ""                     # the decoded answer up to token `read` (see LocalEngine._decoded)
     prefix: int = 0
     read: int = 0
+    read_text: str = ""                # generated[prefix:read] decoded: the same until they move
 
     def __post_init__(self):
         self.ids = list(self.prompt_ids)
@@ -354,8 +355,8 @@ class LocalEngine:
         every decoding step come through here: the one sampling seam."""
         self._process(rows, logits)
         chosen = self._choose(logits, rows)
-        for row, s in enumerate(rows):
-            self._advance(s, chosen[row], logits[row])
+        for row, (s, token) in enumerate(zip(rows, chosen.tolist())):
+            self._advance(s, token, logits[row] if s.params.logprobs is not None else None)   # a view costs µs
         return chosen
 
     def _process(self, rows: list[_Sequence], logits: torch.Tensor) -> None:
@@ -429,22 +430,20 @@ class LocalEngine:
         detokenizer: what tokens[prefix:] decode to beyond tokens[prefix:read] is what the new
         tokens add). Decoding the whole answer at every step costs O(length) per token. Text that
         ends in an unfinished UTF-8 character ("\ufffd") stays pending until a later token ends it."""
-        decode = self.tokenizer.decode
-        before = decode(s.generated[s.prefix:s.read], skip_special_tokens=True)
-        after = decode(s.generated[s.prefix:end], skip_special_tokens=True)
-        added = after[len(before):]
+        after = self.tokenizer.decode(s.generated[s.prefix:end], skip_special_tokens=True)
+        added = after[len(s.read_text):]
         if added and not added.endswith("\ufffd"):
             s.text += added
             s.prefix, s.read = s.read, end
+            s.read_text = self.tokenizer.decode(s.generated[s.prefix:s.read], skip_special_tokens=True)
             return s.text
         return s.text + added
 
-    def _advance(self, s: _Sequence, token: torch.Tensor, logits: torch.Tensor) -> bool:
+    def _advance(self, s: _Sequence, tok: int, logits: torch.Tensor | None) -> bool:
         """Append one token to a row and stream what became final; True when the row is done."""
         if s.cancelled:
             s.finished = True
             return True
-        tok = int(token)
         s.generated.append(tok)
         s.ids.append(tok)
         logprobs = []
