@@ -23,13 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from hkllm.app.testing import CHROMIUM, CHROMIUM_ARGS
+from hkllm.app.web import HERE, mount
+from hkllm.serve.app import Settings, build_app
+from hkllm.serve.testing import LiveServer, ScriptedEngine
 
-from hkllm.app.web import HERE, mount  # noqa: E402
-from hkllm.serve.app import Settings, build_app  # noqa: E402
-from tests.app.conftest import ARGS, CHROMIUM, DocumentEngine  # noqa: E402
-from tests.serve.conftest import LiveServer  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 PAGES = ["/app", "/app/draft", "/app/rewrite", "/app/translate", "/app/summarize", "/app/ask", "/app/docs"]
 TEXTS = ["我哋聽日去飲茶，你嚟唔嚟？", "佢琴日冇返工，因為發燒。", "呢份文件要喺下個禮拜交。", "唔該你幫我影印多三份。"]
@@ -60,14 +59,14 @@ def main() -> None:
         from hkllm.serve.engine import LocalEngine
         engine, label = LocalEngine(args.model, max_batch=8), str(args.model)
     else:
-        engine, label = DocumentEngine(delay=0.01), "scripted (3 characters per piece, 10 ms apart)"
+        engine, label = ScriptedEngine(piece=3, delay=0.01), "scripted (3 characters per piece, 10 ms apart)"
     state = Path(tempfile.mkdtemp())
     server = LiveServer(build_app(engine, Settings(state_dir=state, auth=False, watermark=True, cache=False),
                                   extensions=(mount,)))
     weights = {f"static/{p.name}": p.stat().st_size for p in sorted((HERE / "static").iterdir())}
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_context(bypass_csp=True).new_page()   # bypass: the page's evaluate() needs eval
             paints = {}
             for path in PAGES:

@@ -27,16 +27,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from hkllm.app import tasks
+from hkllm.app.templates import load_all
 
-from hkllm.app import tasks  # noqa: E402
-from hkllm.app.templates import load_all  # noqa: E402
-from tests.app.test_templates import VALUES  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # Rules the template's skeleton fills from the form (the model's prose cannot break them).
 LAYOUT = {"zh.reference", "zh.salutation", "zh.numbering", "zh.signature", "zh.copy_to", "zh.date", "zh.memo_header",
@@ -53,7 +50,7 @@ def briefs(n: int) -> list[tuple[str, dict]]:
     templates = list(load_all())
     while len(out) < n:
         tid = templates[i % len(templates)]
-        values = dict(VALUES[tid])
+        values = dict(load_all()[tid].example)
         k = i // len(templates)
         for field, options in (("subject", SUBJECTS), ("facts", FACTS), ("received", DATES), ("points", FACTS)):
             if field in values:

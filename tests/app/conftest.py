@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
 
 import pytest
 
-from tests.serve.conftest import LiveServer, engine, model_dir  # noqa: F401  (fixtures reused)
-from tests.serve.fakes import ScriptedEngine
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--disable-background-networking", "--no-first-run"]
+from hkllm.app.testing import CHROMIUM, CHROMIUM_ARGS
+from hkllm.serve.testing import LiveServer, ScriptedEngine
+from tests.serve.conftest import engine, model_dir  # noqa: F401  (fixtures reused)
 
 
 class DocumentEngine(ScriptedEngine):
@@ -95,7 +91,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
 

@@ -10,32 +10,8 @@ from hkllm.app.templates import TemplateError, load_all, load_file, load_templat
 
 REQUIRED_KINDS = {"letter", "memo", "meeting_notice", "agenda", "minutes", "press_release"}
 
-VALUES = {
-    "letter_reply": dict(our_ref="HAD WC/13/25/3", address="香港灣仔\n軒尼詩道130號", addressee="陳大文先生",
-                         salutation="陳先生", subject="有關灣仔區行人路阻塞的投訴", received="2026-11-10",
-                         facts="已巡查並移走雜物", post="灣仔民政事務專員", signed_for="李小明", date="2026-12-01",
-                         copies=["食物環境衞生署署長（不連附件）", "地政總署署長（不連附件）"]),
-    "letter_invitation": dict(our_ref="LCSD/C/1", address="香港中環", addressee="何美玲女士", salutation="何女士",
-                              subject="邀請出席社區健康日", event="社區健康日", event_date="2027-01-09",
-                              event_time="上午十時", venue="香港大會堂", post="康樂及文化事務署署長", date="2026-12-01"),
-    "letter_refusal": dict(our_ref="LD/APP/9", address="九龍旺角", addressee="黃志強先生", salutation="黃先生",
-                           subject="申請借用場地", application="借用場地", received="2026-11-02",
-                           reasons=["當日場地已有預訂"], post="油尖旺地政專員", date="2026-12-01"),
-    "memo": dict(sender="總行政主任（人事）", recipient="各組主管", our_ref="ADM/1/2", date="2026-12-01",
-                 subject="聖誕假期值班安排", points="值班表"),
-    "meeting_notice": dict(committee="灣仔區議會交通及運輸委員會", meeting_no="第十次會議", our_ref="WCDC/TT/10",
-                           meeting_date="2026-12-15", time="下午二時三十分", venue="修頓中心14樓會議室",
-                           secretary="張嘉欣", date="2026-12-01"),
-    "meeting_agenda": dict(committee="灣仔區議會交通及運輸委員會", meeting_no="第十次會議", meeting_date="2026-12-15",
-                           time="下午二時三十分", venue="修頓中心14樓會議室", items=["通過上次會議記錄"]),
-    "meeting_minutes": dict(committee="灣仔區議會交通及運輸委員會", meeting_no="第十次", meeting_date="2026-12-15",
-                            time="下午二時三十分", venue="修頓中心14樓會議室", present=["李主席", "陳委員"],
-                            notes="討論巴士路綫", secretary="張嘉欣", date="2026-12-20"),
-    "press_release_zh": dict(headline="康文署舉辦社區健康日", department="康樂及文化事務署", facts="免費入場",
-                             date="2026-12-01", time="17:47"),
-    "press_release_en": dict(headline="LCSD to hold Community Health Day", department="Leisure and Cultural Services Department",
-                             facts="free admission", date="2026-12-01", time="17:47"),
-}
+# Every shipped template carries an example for its fields (the form's greyed placeholders).
+VALUES = {tid: t.example for tid, t in load_all().items()}
 PARAGRAPHS = {
     "press_release_zh": ["康樂及文化事務署今日（十二月一日）宣布，將於明年一月九日在香港大會堂舉辦社區健康日，歡迎市民參加。",
                          "活動免費入場，詳情可瀏覽康文署網頁。"],
@@ -57,6 +33,7 @@ def test_every_kind_is_there_and_every_field_is_labelled():
 
 @pytest.mark.parametrize("template_id", sorted(VALUES))
 def test_a_rendered_template_passes_its_own_rules(template_id):
+    """Rendered from the template's own example values, which fill every required field."""
     t = load_template(template_id)
     text = render(t, VALUES[template_id], PARAGRAPHS.get(template_id, LETTER_PARAGRAPHS))
     assert check(text, t.rules) == [], text
@@ -98,6 +75,7 @@ language: zh-hant
 label: {zh: 樣本, en: Sample}
 fields:
   - {name: our_ref, label: {zh: 本函檔號, en: Our reference}, type: text, required: true}
+  - {name: received, label: {zh: 來信日期, en: Received}, type: date, required: false, example: "2026-11-10"}
 skeleton: |
   本函檔號：{our_ref}
   {paragraphs}
@@ -115,6 +93,8 @@ rules: [zh.reference]
     ("id: sample", "id: other", r"sample.yaml: id: 'other' must match the file name"),
     ("kind: letter\n", "", r"sample.yaml: kind: missing"),
     ("kind: letter", "kind: letter\ncolour: red", r"sample.yaml: colour: unknown key"),
+    ('example: "2026-11-10"', 'example: "10/11/2026"', r"sample.yaml: fields.received: example: '10/11/2026' is not a date"),
+    ('example: "2026-11-10"', "example: 2026-11-10", r"sample.yaml: fields.received: example: must be text"),
     ("label: {zh: 樣本, en: Sample}", "label: {zh: 樣本, en: [Sample", r"sample.yaml: line \d+: not valid YAML"),
 ])
 def test_a_broken_template_names_file_and_field(tmp_path, old, new, message):

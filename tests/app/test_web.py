@@ -104,3 +104,19 @@ def test_a_revoked_key_ends_the_session_and_calls_are_audited(app_server, tmp_pa
     store.revoke("officer")
     r = c.post("/app/api/run", json={"task": "rewrite", "text": "佢哋今日唔得閒。"}, headers={"X-CSRF-Token": csrf})
     assert r.status_code == 401
+
+
+def test_the_draft_form_shows_each_templates_example_greyed(app_server):
+    from hkllm.app.templates import load_all
+
+    c, _ = client(app_server())
+    html = c.get("/app/draft").text
+    for t in load_all().values():
+        for f in (f for f in t.fields if f.type != "choice"):     # a choice is a <select>
+            tag = re.search(rf'<(?:input|textarea) id="{t.id}-{f.name}"[^>]*>', html).group(0)
+            if f.type in ("text", "multiline", "list") and f.example:
+                hint = f.example if isinstance(f.example, str) else "\n".join(f.example)
+                assert f'placeholder="{hint}"' in tag, tag
+            else:
+                assert "placeholder" not in tag, tag
+    assert 'placeholder="HAD WC/13/25/3"' in html

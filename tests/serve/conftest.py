@@ -1,10 +1,8 @@
 """A tiny random chat model, its embedded engine, and live `hkllm serve` apps on loopback."""
 
-import socket
-import threading
-import time
-
 import pytest
+
+from hkllm.serve.testing import LiveServer
 
 TEXTS = ["我哋今日去咗旺角食嘢，仲行咗好耐街。", "佢話聽日唔使返工，可以喺屋企休息。", "市民可於辦事處辦理登記手續。",
          "The library opens at ten in the morning.", "Please keep your ticket until the end of the journey."] * 20
@@ -41,35 +39,6 @@ def engine(model_dir):
     from hkllm.serve.engine import LocalEngine
 
     return LocalEngine(model_dir, max_batch=8)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveServer:
-    """uvicorn running an app in a background thread, as `hkllm serve` runs it."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.app = app
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.base_url = self.url + "/v1"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.02)
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.serve.conftest import LiveServer
+from hkllm.serve.testing import LiveServer
 
 settings.register_profile("serve-fast", max_examples=40, deadline=None, database=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from hkllm.serve.contract import Engine, ErrorEvent, SamplingParams, missing_members
-from tests.serve.fakes import ScriptedEngine
+from hkllm.serve.testing import ScriptedEngine
 
 HELLO = [{"role": "user", "content": "你好，請問圖書館幾點開？"}]
 

@@ -11,7 +11,7 @@ import pytest
 
 from hkllm.errors import UserError
 from hkllm.serve.guards import GuardPolicy, TextGuard, Verdict, refusal
-from tests.serve.fakes import ScriptedEngine
+from hkllm.serve.testing import ScriptedEngine
 
 HELLO = [{"role": "user", "content": "你好，請問圖書館幾點開？"}]
 OTHER = [{"role": "user", "content": "八達通可以喺邊度增值？"}]

@@ -209,7 +209,7 @@ def test_an_upstream_engine_is_not_marked_and_says_why(tmp_path, caplog):
     """The gateway cannot mark text it did not sample: no processor is attached (an upstream would
     refuse it), the start-up log says so, and detection answers 501."""
     from hkllm.serve.gateway import Gateway, Settings
-    from tests.serve.fakes import ScriptedEngine
+    from hkllm.serve.testing import ScriptedEngine
 
     class Upstream(ScriptedEngine):
         kind, runs_logits_processors = "upstream", False

@@ -322,7 +322,7 @@ def test_upstream_gateway_forwards_and_keeps_its_own_keys(serve, tmp_path):
 
 
 def test_cli_serve_starts_and_refuses_no_auth_off_loopback(model_dir, tmp_path):
-    from tests.serve.conftest import free_port
+    from hkllm.serve.testing import free_port
 
     bad = subprocess.run([sys.executable, "-m", "hkllm", "serve", str(model_dir), "--no-auth", "--host", "0.0.0.0"],
                          capture_output=True, text=True)

@@ -56,10 +56,9 @@ def test_real_model_trains_two_steps_and_serves_paris(imported, tmp_path):
 
     from hkllm.serve.app import Settings, build_app
     from hkllm.serve.engine import LocalEngine
+    from hkllm.serve.testing import LiveServer
     from hkllm.train import sft
     from hkllm.train.recipe import load
-
-    from ..serve.conftest import LiveServer
 
     out, _ = imported
     chats = write_jsonl(tmp_path / "chat.jsonl", [

@@ -6,12 +6,13 @@
     text = render(t, {"our_ref": "HAD WC/13/25/3", ...}, paragraphs=["你在…收悉。", "…"])
 
 A template has `id`, `kind`, `language`, `label` {zh, en}, `fields` (each: `name`, `label` {zh, en},
-`type` one of text | multiline | date | time | list | choice, `required`, and for a choice
-`choices`), `skeleton` (the layout: `{field}` placeholders, `{field:zh}`-style formats for dates and
-times, and one `{paragraphs}` slot for the model's prose), `paragraphs` (how the slot is numbered:
-from_second as in 公函, from_first as in an agenda, none) and `rules` (ids from
-hkllm.app.format_check.RULES). An optional `prompt` {zh|en} is the instruction the model gets, with
-the same placeholders. A bad file is one `TemplateError` naming the file and the field.
+`type` one of text | multiline | date | time | list | choice, `required`, for a choice `choices`,
+and optionally a `default` and an `example`, the value the empty input shows greyed), `skeleton`
+(the layout: `{field}` placeholders, `{field:zh}`-style formats for dates and times, and one
+`{paragraphs}` slot for the model's prose), `paragraphs` (how the slot is numbered: from_second as
+in 公函, from_first as in an agenda, none) and `rules` (ids from hkllm.app.format_check.RULES).
+An optional `prompt` {zh|en} is the instruction the model gets, with the same placeholders. A bad
+file is one `TemplateError` naming the file and the field.
 
 Date formats: zh 二〇二六年十二月一日 · zh_month_day 十二月一日 · zh_press 2026年12月1日（星期二） ·
 en 1 December 2026 · en_press Tuesday, December 1, 2026 · en_month_day December 1.
@@ -49,6 +50,7 @@ class Field:
     required: bool
     choices: tuple[str, ...] = ()
     default: str | None = None
+    example: str | tuple[str, ...] | None = None   # shown greyed in the empty input (placeholder)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,12 @@ class Template:
 
     def field(self, name: str) -> Field:
         return next(f for f in self.fields if f.name == name)
+
+    @property
+    def example(self) -> dict:
+        """The fields' example values: what a filled-in form looks like."""
+        return {f.name: list(f.example) if isinstance(f.example, tuple) else f.example
+                for f in self.fields if f.example is not None}
 
 
 def _label(value, where: str) -> dict[str, str]:
@@ -110,7 +118,7 @@ def parse_template(data, path: Path) -> Template:
         if not isinstance(f, dict) or not isinstance(f.get("name"), str) or not re.fullmatch(r"[a-z_][a-z0-9_]*", f["name"]):
             raise TemplateError(f"{where}: name: needs a name in lower_snake_case")
         where = f"{name}: fields.{f['name']}"
-        extra = set(f) - {"name", "label", "type", "required", "choices", "default"}
+        extra = set(f) - {"name", "label", "type", "required", "choices", "default", "example"}
         if extra:
             raise TemplateError(f"{where}: {sorted(extra)[0]}: unknown key")
         if f["name"] in seen or f["name"] == SLOT:
@@ -124,8 +132,19 @@ def parse_template(data, path: Path) -> Template:
         choices = f.get("choices", [])
         if ftype == "choice" and (not isinstance(choices, list) or not choices):
             raise TemplateError(f"{where}: choices: a choice field needs a list of choices")
-        fields.append(Field(f["name"], _label(f.get("label"), f"{where}: label"), ftype, f["required"],
-                            tuple(str(c) for c in choices), f.get("default")))
+        example = f.get("example")
+        if isinstance(example, list) and ftype == "list" and all(isinstance(e, str) for e in example):
+            example = tuple(example)
+        elif example is not None and not isinstance(example, str):
+            raise TemplateError(f"{where}: example: must be text{' or a list of text' if ftype == 'list' else ''}")
+        field = Field(f["name"], _label(f.get("label"), f"{where}: label"), ftype, f["required"],
+                      tuple(str(c) for c in choices), f.get("default"), example)
+        if example is not None:
+            try:
+                _value(field, example)
+            except TemplateError as e:
+                raise TemplateError(f"{where}: example: {str(e).split(': ', 1)[1]}") from None
+        fields.append(field)
     by_name = {f.name: f for f in fields}
 
     def check_placeholders(text: str, key: str, need_slot: bool):

@@ -1,10 +1,23 @@
-"""A scripted engine for gateway tests: it implements the Engine contract (contract.py) and
-streams a known answer in pieces of known size, so chunk boundaries are under the test's control
-(the tiny random model only ever repeats one token)."""
+"""Serving without a model, for tests and benchmarks of what sits around the engine (gateway, guards,
+港文通): a scripted engine and a live server on loopback.
+
+    from hkllm.serve.app import Settings, build_app
+    from hkllm.serve.testing import LiveServer, ScriptedEngine
+    server = LiveServer(build_app(ScriptedEngine(piece=3, delay=0.01), Settings(auth=False)))
+    ...  # openai.OpenAI(base_url=server.base_url, api_key="x") talks to it
+    server.stop()
+
+`ScriptedEngine` implements the engine contract (contract.py) and streams a known answer in pieces
+of a known size, so chunk boundaries and timing are the caller's to choose (a tiny random model only
+ever repeats one token).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
+import time
 
 from hkllm.serve.contract import ErrorEvent, Event, Generation, SamplingParams
 
@@ -64,3 +77,33 @@ class ScriptedEngine:
 
     async def aclose(self) -> None:
         pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """uvicorn running an app in a background thread, as `hkllm serve` runs it."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.app = app
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.base_url = self.url + "/v1"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"the server on {self.url} did not start")
+            time.sleep(0.02)
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(10)
