@@ -210,28 +210,27 @@ class SlotDecoder:
     def reset(self) -> None:
         self.rows = 0
         self.lengths = torch.zeros(0, dtype=torch.long)
-        self.k = self.v = None        # per layer: [row capacity, kv heads, length capacity, head dim]
+        # Every layer's keys and values in one tensor: [layers, 2 (k, v), row capacity, kv heads,
+        # length capacity, head dim]. One tensor, not one per layer and kind, because a compiled step
+        # is called with each tensor's varying sizes as arguments that its C++ wrapper turns into
+        # tensors one by one: 8 tables meant 16 such sizes, ~0.1 ms of a 1.3 ms token at one row.
+        self.kv = None
 
     # -- the cache ---------------------------------------------------------------------------
 
     def _reserve(self, rows: int, length: int) -> None:
         """Make room for `rows` rows of `length` positions (doubling, so growth is rare)."""
-        have_rows = self.k[0].shape[0] if self.k else 0
-        have_len = self.k[0].shape[2] if self.k else 0
+        have_rows = self.kv.shape[2] if self.kv is not None else 0
+        have_len = self.kv.shape[4] if self.kv is not None else 0
         if rows <= have_rows and length <= have_len:
             return
         new_rows = min(self.max_batch + 1, max(rows, 2 * have_rows, 2)) if rows > have_rows else have_rows
         new_len = min(self.max_len + 1, max(length, 2 * have_len, 64)) if length > have_len else have_len
-        shape = (new_rows, self.kv_heads, new_len, self.head_dim)
         # Zeros, not empty: attention multiplies masked positions' values by 0, and 0 * NaN garbage is NaN.
-        k = [torch.zeros(shape, dtype=self.dtype) for _ in self.layers]
-        v = [torch.zeros(shape, dtype=self.dtype) for _ in self.layers]
-        _dynamic(*k, *v, dims=(0, 2))            # the slot table's rows and length vary: never a new graph
-        if self.k and self.rows:
-            for i in range(len(self.layers)):
-                k[i][:self.rows, :, :have_len] = self.k[i][:self.rows]
-                v[i][:self.rows, :, :have_len] = self.v[i][:self.rows]
-        self.k, self.v = k, v
+        kv = torch.zeros((len(self.layers), 2, new_rows, self.kv_heads, new_len, self.head_dim), dtype=self.dtype)
+        if self.kv is not None and self.rows:
+            kv[:, :, :self.rows, :, :have_len] = self.kv[:, :, :self.rows]
+        self.kv = kv
 
     def keep(self, rows: list[int]) -> list[int]:
         """Keep these rows (ascending): the rows past the new end move into the holes, so only
@@ -244,9 +243,7 @@ class SlotDecoder:
         if holes:
             T = int(self.lengths[movers].max())
             src, dst = torch.tensor(movers), torch.tensor(holes)
-            for i in range(len(self.layers)):
-                self.k[i][dst, :, :T] = self.k[i][src, :, :T]
-                self.v[i][dst, :, :T] = self.v[i][src, :, :T]
+            self.kv[:, :, dst, :, :T] = self.kv[:, :, src, :, :T]
             self.lengths[dst] = self.lengths[src]
             for h, m in zip(holes, movers):
                 order[h] = m
@@ -301,8 +298,8 @@ class SlotDecoder:
         x = F.embedding(ids, self.embed)
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer, x, cos, sin)
-            self.k[i][first:first + count, :, :width] = k
-            self.v[i][first:first + count, :, :width] = v
+            self.kv[i, 0, first:first + count, :, :width] = k
+            self.kv[i, 1, first:first + count, :, :width] = v
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale,
                                                enable_gqa=self.heads != self.kv_heads)
             x = x + _linear(o.transpose(1, 2).reshape(count, width, -1), layer.o_w, layer.o_b)
@@ -317,18 +314,17 @@ class SlotDecoder:
         the row's filled length (a mask hides the rest of the slot)."""
         pos = self.lengths
         span = int(pos.max()) + 1
-        # One spare row and position: a slice as long as its tensor would be a graph of its own when compiled.
+        # One spare row and position: the compiled program was exported over a table longer than its live
+        # rows and span, and is kept to that case.
         self._reserve(self.rows + 1, span + 1)
         hidden = torch.arange(span)[None] > pos[:, None]                             # [rows, span]
-        if self.compiled:
-            _mark_step(next_ids, pos, hidden)
-        logits = self._decode(next_ids, pos, hidden, self.k, self.v)
+        logits = self._decode(next_ids, pos, hidden, self.kv)
         self.lengths = pos + 1
         return logits
 
     def _decode_step(self, next_ids: torch.Tensor, pos: torch.Tensor, hidden: torch.Tensor,
-                     k_cache: list[torch.Tensor], v_cache: list[torch.Tensor]) -> torch.Tensor:
-        """The step's tensor work, and nothing else: what `compile` hands to torch.compile."""
+                     kv: torch.Tensor) -> torch.Tensor:
+        """The step's tensor work, and nothing else: what `compile` exports and compiles."""
         n, span = hidden.shape
         cos, sin = self.cos[pos][:, None, None], self.sin[pos][:, None, None]     # [rows, 1, 1, dim]
         hidden = hidden[:, None, None]                                                # [rows, 1, 1, span]
@@ -337,9 +333,10 @@ class SlotDecoder:
         x = F.embedding(next_ids[:, None], self.embed)                                # [rows, 1, hidden]
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer, x, cos, sin)
-            k_cache[i][rows, :, pos] = k[:, :, 0]
-            v_cache[i][rows, :, pos] = v[:, :, 0]
-            keys, values = k_cache[i][:n, :, :span], v_cache[i][:n, :, :span]         # views, no copy
+            # One write of k and v into the table itself, every index a tensor: a write through a
+            # view of the table (kv[i, 0][rows, :, pos] = …) compiles to a copy of the whole table.
+            kv[torch.full_like(pos, i), :, rows, :, pos] = torch.stack((k[:, :, 0], v[:, :, 0]), dim=1)
+            keys, values = kv[i, 0, :n, :, :span], kv[i, 1, :n, :, :span]            # views, no copy
             # q grouped by the kv head it shares: [rows, kv heads, group, dim] @ [rows, kv heads, dim, span]
             scores = torch.matmul(q.view(n, self.kv_heads, group, self.head_dim), keys.transpose(-1, -2))
             scores = scores.mul_(self.scale).masked_fill_(hidden, float("-inf"))
@@ -348,19 +345,21 @@ class SlotDecoder:
             x = self._mlp(layer, x)
         return self._logits(x[:, 0])
 
-    def compile(self, threads: dict[str, int]) -> str | None:
-        """Swap the eager step for an inductor-compiled one (C++ wrapper, shapes dynamic in rows and
-        length), compiled now for every case the engine will meet and checked against the eager step;
+    def compile(self, threads: dict[str, int], cache: bool = True) -> str | None:
+        """Swap the eager step for one compiled ahead of time by AOTInductor (torch.export, then
+        inductor's C++), one program for every row count and length, checked against the eager step;
         None when that worked, else why not (the eager step stays). `threads`: calibrate_threads'
         answer, which the engine follows. It never touches the decoder's own rows, so the engine
-        runs it in a thread of its own and serves with the eager step meanwhile.
+        runs it in a thread of its own and serves with the eager step meanwhile. The program embeds
+        the weights, and is kept on disk under HKLLM_CACHE_DIR (~/.cache/hkllm/aoti) by a hash of
+        them, so that the next start with the same weights only loads it (`cache=False`: not kept).
 
         Why: at these sizes a step is mostly PyTorch's per-operation dispatch, which inductor's
-        generated C++ removes (one thread, in process: the quickstart model 3.3 -> 0.9 ms a step at
-        1 row, 5.4 -> 2.1 at 8, 9.1 -> 7.2 at 32; served, SmolLM2-135M's one-user TPOT 76 -> 64 ms;
-        dev/LOG.md, issue 14). The cost: ~30 s per graph for the quickstart model and ~7 min for
-        SmolLM2's 30 layers the first time; inductor's on-disk cache (TORCHINDUCTOR_CACHE_DIR) makes
-        later starts take seconds.
+        generated C++ removes, and ahead of time there is no torch.compile wrapper around the call
+        (its guards over 30-odd input tensors and the sizes it passes one by one): the quickstart
+        model's one-row step 0.9 ms eager, 0.34-0.45 under torch.compile, 0.23 here; 8 rows 2.3,
+        1.6-1.7, 0.9-1.6 (dev/LOG.md, issue 14). The cost: ~20-35 s of compiling for the quickstart
+        model and minutes for SmolLM2's 30 layers, once per model, precision and thread count.
         """
         import shutil
         import time
@@ -368,70 +367,118 @@ class SlotDecoder:
         if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
             return "no C++ compiler (g++/clang++) for inductor"
         start = time.perf_counter()
-        # Which sizes vary is said exactly (`_mark_step`, `_dynamic`: rows, span, slot-table rows and
-        # length; all else is fixed), and sizes that happen to be equal at compile time stay separate
-        # symbols (duck shaping would tie a 64-position slot table to a width of 64, say: a new graph later).
-        torch.fx.experimental._config.use_duck_shape = False
-        compiled = torch.compile(self._decode_step, fullgraph=True, options={"cpp_wrapper": True})
-        # A graph per case: one row (size-1 dimensions specialise), several rows, and each torch thread
-        # count the engine sets (the thread count is baked into the generated loops: dynamo guards on it).
+        # The thread count is baked into the generated loops: a program per count the engine sets.
         # The count is process-wide: while this runs beside the engine's worker, a step of the worker's
         # may run with the other count when the two differ (slower, never wrong).
-        cases = [(1, threads["small"]), (2, threads["small"]), (3, threads["large"])]
         before = torch.get_num_threads()
-        why = None
+        runners, why = {}, None
         try:
-            for rows, count in cases:
-                if rows > self.max_batch:
-                    break
+            for count in sorted(set(threads.values())):
                 torch.set_num_threads(count)
-                want, got = self._trial_step(self._decode_step, rows), self._trial_step(compiled, rows)
-                err = float((got - want).abs().max())
-                if err > 1e-3 * max(1.0, float(want.abs().max())):
-                    why = f"compiled step differs from the eager one by {err:.3g} at {rows} row(s)"
+                runners[count] = self._compiled_program(count, cache)
+                for rows in (1, 2, 3):
+                    if rows > self.max_batch:
+                        break
+                    want, got = self._trial_step(self._decode_step, rows), self._trial_step(runners[count], rows)
+                    err = float((got - want).abs().max())
+                    if err > _tolerance(self.dtype, want):
+                        why = f"compiled step differs from the eager one by {err:.3g} at {rows} row(s)"
+                        break
+                if why:
                     break
-        except Exception as e:                      # no headers, an inductor bug: serve eagerly
+        except Exception as e:                      # no headers, an export or inductor limit: serve eagerly
             why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
         finally:
             torch.set_num_threads(before)
         if why:
             return why
-        self.compiled = True                        # marks first: a compiled call without them would specialise
-        self._decode = compiled
-        self.name = "slots, compiled"
+        self._runners = runners
+        self._decode = self._compiled_step
+        self.compiled, self.name = True, "slots, compiled"
         log.info("embedded engine: decode step compiled in %.1f s", time.perf_counter() - start)
         return None
 
-    def _trial_step(self, decode, rows: int) -> torch.Tensor:
-        """One step of `decode` over a scratch slot table (fixed random contents; rows at different
-        lengths), marked as `step` marks its tensors."""
-        # Every tensor made under inference_mode, as the engine's worker makes them: an ordinary
-        # tensor is another dispatch key set to dynamo, so another graph.
+    def _weights(self) -> list[torch.Tensor]:
+        """Every tensor the step reads besides its inputs (what a compiled program embeds)."""
+        out = [self.embed, self.lm_head, self.final_norm, self.cos, self.sin]
+        for layer in self.layers:
+            out += [w for w in vars(layer).values() if isinstance(w, torch.Tensor)]
+        return out
+
+    def _compiled_step(self, next_ids, pos, hidden, kv) -> torch.Tensor:
+        runner = self._runners.get(torch.get_num_threads()) or next(iter(self._runners.values()))
+        return runner(next_ids, pos, hidden, kv)
+
+    def _compiled_program(self, threads: int, cache: bool):
+        """The AOTInductor program of `_decode_step` for this thread count: from the disk cache when
+        one was compiled for these very weights (their bytes are hashed: the program embeds them),
+        else exported, compiled and, with `cache`, kept there."""
+        import hashlib
+        import os
+        import tempfile
+        from pathlib import Path
+
+        from torch.export import Dim
+
+        path = None
+        if cache:
+            h = hashlib.blake2b(f"{self.max_len}|{self.max_batch}|{self.dtype}|{threads}|{torch.__version__}".encode())
+            for t in self._weights():
+                h.update(str((tuple(t.shape), t.stride())).encode())
+                h.update(t.contiguous().view(torch.uint8).numpy())
+            folder = Path(os.environ.get("HKLLM_CACHE_DIR") or Path.home() / ".cache" / "hkllm") / "aoti"
+            path = folder / f"step-{h.hexdigest()[:24]}.pt2"
+            if path.exists():
+                try:
+                    return torch._inductor.aoti_load_package(str(path))
+                except Exception as e:              # a damaged or foreign file: compile over it
+                    log.warning("embedded engine: cached decode step %s unusable (%s); compiling again", path, e)
+        rows, span = Dim("rows", min=1, max=self.max_batch), Dim("span", min=1, max=self.max_len)
+        table_rows, table_len = Dim("table_rows", min=2, max=self.max_batch + 1), Dim("table_len", min=2, max=self.max_len + 1)
+        # Under inference_mode, as the worker steps (no autograd anywhere): compiling runs the program.
+        # Non-strict export patches math.pow process-wide while it traces (torch/_export/non_strict_utils.py):
+        # a thread that first compiles numba kernels meanwhile fails (LocalEngine._compile).
         with torch.inference_mode():
-            gen = torch.Generator().manual_seed(rows)
-            shape = (rows + 1, self.kv_heads, 64, self.head_dim)
-            k = [torch.randn(shape, generator=gen).to(self.dtype) for _ in self.layers]
-            v = [torch.randn(shape, generator=gen).to(self.dtype) for _ in self.layers]
-            _dynamic(*k, *v, dims=(0, 2))
-            pos = torch.tensor([9 + rows - r % 3 for r in range(rows)])
-            hidden = torch.arange(int(pos.max()) + 1)[None] > pos[:, None]
-            ids = torch.tensor([(7 * r + 3) % self.embed.shape[0] for r in range(rows)])
-            _mark_step(ids, pos, hidden)
-            return decode(ids, pos, hidden, k, v)
+            program = torch.export.export(_Step(self), self._trial_inputs(3), dynamic_shapes=(
+                {0: rows}, {0: rows}, {0: rows, 1: span}, {2: table_rows, 4: table_len}))
+            if path is None:
+                return torch._inductor.aoti_load_package(torch._inductor.aoti_compile_and_package(program))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".partial-", suffix=".pt2")
+            os.close(fd)
+            try:
+                torch._inductor.aoti_compile_and_package(program, package_path=tmp)
+                os.replace(tmp, path)               # whole or not at all: another server may be reading it
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        return torch._inductor.aoti_load_package(str(path))
+
+    def _trial_inputs(self, rows: int) -> tuple:
+        """A step's inputs over a scratch slot table (fixed random contents; rows at different lengths)."""
+        gen = torch.Generator().manual_seed(rows)
+        kv = torch.randn((len(self.layers), 2, rows + 1, self.kv_heads, 64, self.head_dim), generator=gen)
+        pos = torch.tensor([9 + rows - r % 3 for r in range(rows)])
+        hidden = torch.arange(int(pos.max()) + 1)[None] > pos[:, None]
+        ids = torch.tensor([(7 * r + 3) % self.embed.shape[0] for r in range(rows)])
+        return ids, pos, hidden, kv.to(self.dtype)
+
+    def _trial_step(self, decode, rows: int) -> torch.Tensor:
+        """One step of `decode` over a scratch slot table."""
+        # Every tensor made under inference_mode, as the engine's worker makes them.
+        with torch.inference_mode():
+            return decode(*self._trial_inputs(rows))
 
 
-def _mark_step(next_ids: torch.Tensor, pos: torch.Tensor, hidden: torch.Tensor) -> None:
-    """What varies between a compiled step's calls: the span always, the rows when there are
-    several (one row is a graph of its own). One graph for all of it (see SlotDecoder.compile)."""
-    _dynamic(hidden, dims=(1,))
-    if len(pos) > 1:
-        _dynamic(next_ids, pos, hidden, dims=(0,))
+class _Step(torch.nn.Module):
+    """`SlotDecoder._decode_step` as a module, which torch.export takes (the weights become constants)."""
 
+    def __init__(self, decoder: SlotDecoder):
+        super().__init__()
+        self.decoder = decoder
 
-def _dynamic(*tensors: torch.Tensor, dims: tuple[int, ...]) -> None:
-    """Tell torch.compile that these dimensions vary (marks on the tensors; no effect when eager)."""
-    for t in tensors:
-        torch._dynamo.maybe_mark_dynamic(t, [d for d in dims if d < t.dim()])
+    def forward(self, next_ids, pos, hidden, kv):
+        return self.decoder._decode_step(next_ids, pos, hidden, kv)
 
 
 def make_decoder(model, max_batch: int, pad_id: int, choice: str = "auto"):
@@ -458,8 +505,35 @@ def _disagreement(decoder: SlotDecoder, model) -> str | None:
     decoder.reset()
     want = full[8:11]
     err = float((torch.stack(got) - want).abs().max())
-    tol = 1e-3 * max(1.0, float(want.abs().max())) if decoder.dtype == torch.float32 else 0.1 * max(1.0, float(want.abs().max()))
-    return None if err <= tol else f"written-out forward differs from transformers' by {err:.3g} on a test prompt"
+    return None if err <= _tolerance(decoder.dtype, want) else f"written-out forward differs from transformers' by {err:.3g} on a test prompt"
+
+
+def step_seconds(decoder, rows: int, steps: int = 9) -> float:
+    """Median seconds of one decoding step over `rows` rows (the decoder is reset after)."""
+    import statistics
+    import time
+
+    decoder.reset()
+    times = []
+    try:
+        with torch.inference_mode():
+            ids = decoder.prefill([[1] * 16] * rows).argmax(-1)
+            ids = decoder.step(ids).argmax(-1)                       # warm-up
+            spent = 0.0
+            while len(times) < steps and (len(times) < 3 or spent < 1.0):  # a big model: 3 steps will do
+                start = time.perf_counter()
+                ids = decoder.step(ids).argmax(-1)
+                times.append(time.perf_counter() - start)
+                spent += times[-1]
+    finally:
+        decoder.reset()
+    return statistics.median(times)
+
+
+def _tolerance(dtype: torch.dtype, logits: torch.Tensor) -> float:
+    """How far two computations of the same logits may differ: bf16 keeps ~3 significant digits, and
+    the same sums in another order (fused by inductor, split differently) round differently."""
+    return (1e-3 if dtype == torch.float32 else 0.1) * max(1.0, float(logits.abs().max()))
 
 
 HEAVY_STEP_S = 0.02      # a batch-8 step this long on one thread: large batches may use every core
@@ -477,22 +551,10 @@ def calibrate_threads(decoder, cores: int, max_batch: int, steps: int = 9) -> di
     batch 8) dwarf that loop's work, so it may take every core.
     """
     import statistics
-    import time
 
     def per_step(threads: int, rows: int) -> float:
         torch.set_num_threads(threads)
-        decoder.reset()
-        times = []
-        with torch.inference_mode():
-            ids = decoder.prefill([[1] * 16] * rows).argmax(-1)
-            ids = decoder.step(ids).argmax(-1)                       # warm-up
-            spent = 0.0
-            while len(times) < steps and (len(times) < 3 or spent < 1.0):  # a big model: 3 steps will do
-                start = time.perf_counter()
-                ids = decoder.step(ids).argmax(-1)
-                times.append(time.perf_counter() - start)
-                spent += times[-1]
-        return statistics.median(times)
+        return step_seconds(decoder, rows, steps)
 
     def fewest(most: int, rows: int) -> int:
         """The fewest threads within 10% of the fastest (a tie is noise, and an idle OpenMP thread

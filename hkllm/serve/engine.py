@@ -110,29 +110,77 @@ def _put_all(items: list[tuple[asyncio.Queue, Event]]) -> None:
         queue.put_nowait(event)
 
 
+# Above this many parameters both precisions are not loaded to be timed: decoding a model that size
+# is memory-bound, and bf16 halves the bytes each step reads.
+TIME_BOTH_MAX_PARAMS = 500_000_000
+
+
+def load_for_serving(model_dir: Path, requested: str, max_batch: int, pad_id: int, decoder_choice: str):
+    """(model, decoder, Precision): the model in the precision it serves fastest in on this machine.
+
+    `auto` picks bf16 where the hardware computes it natively (hkllm/precision.py), but on a CPU that
+    says nothing about a given model's steps: oneDNN/MKL's bf16 kernels gain at many rows and lose at
+    few (a decoding step of the quickstart model on an AVX512_BF16 EPYC: 4.8 ms in bf16, 0.8 in fp32 at
+    one row; dev/LOG.md, issue 14). So on such a CPU both are loaded and a step of each is timed at
+    one row and at a batch, in turn; bf16 is kept only if it is clearly faster."""
+    import math
+    import statistics
+
+    from transformers import AutoModelForCausalLM
+
+    from hkllm.precision import Precision, choose
+    from hkllm.serve.decoders import make_decoder, step_seconds
+
+    chosen = choose(requested, "serving")
+
+    def build(p: Precision):
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=p.torch_dtype).eval()
+        return model, make_decoder(model, max_batch, pad_id, decoder_choice)
+
+    model, decoder = build(chosen)
+    measure = (requested == "auto" and not os.environ.get("HKLLM_PRECISION") and chosen.device == "cpu"
+               and chosen.name == "bf16" and sum(p.numel() for p in model.parameters()) <= TIME_BOTH_MAX_PARAMS)
+    if not measure:
+        return model, decoder, chosen
+    model32, decoder32 = build(Precision("fp32", "", "cpu"))
+    rows = min(8, max_batch)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    times = {"bf16": {1: [], rows: []}, "fp32": {1: [], rows: []}}
+    try:
+        for _ in range(3):                       # in turn, medians: this machine's speed drifts (calibrate_threads)
+            for name, d in (("bf16", decoder), ("fp32", decoder32)):
+                for r in (1, rows):
+                    times[name][r].append(step_seconds(d, r, steps=5))
+    finally:
+        torch.set_num_threads(before)
+    ms = {name: {r: 1e3 * statistics.median(v) for r, v in by_rows.items()} for name, by_rows in times.items()}
+    ratio = math.sqrt(ms["bf16"][1] / ms["fp32"][1] * ms["bf16"][rows] / ms["fp32"][rows])
+    detail = (f"a step at 1 · {rows} rows took {ms['bf16'][1]:.2f} · {ms['bf16'][rows]:.2f} ms in bf16, "
+              f"{ms['fp32'][1]:.2f} · {ms['fp32'][rows]:.2f} in fp32")
+    if ratio < 0.9:
+        return model, decoder, Precision("bf16", f"{chosen.reason}; {detail}", "cpu")
+    return model32, decoder32, Precision("fp32", f"{chosen.reason}, but {detail}", "cpu")
+
+
 class LocalEngine:
     kind = "embedded"
 
     def __init__(self, model_dir: str | Path, max_batch: int = 32, served_name: str | None = None,
                  threads: int | None = None, precision: str = "auto", decoder: str = "auto",
                  compile: bool = False):
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+        from transformers import AutoTokenizer, GenerationConfig
 
         self.model_dir = Path(model_dir)
         if not (self.model_dir / "config.json").exists():
             from hkllm.errors import UserError
             raise UserError(f"{self.model_dir}: no config.json — not a model folder (train one with `hkllm quickstart`)")
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        from hkllm.precision import choose
-
-        self.precision = choose(precision, "serving")   # bf16 only where the hardware computes it natively
-        self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=self.precision.torch_dtype).eval()
         self.max_batch = max_batch
         self.name = served_name or self.model_dir.resolve().name
         self.version = model_fingerprint(self.model_dir)
         template = self.tokenizer.chat_template or ""
         self.template_version = hashlib.sha256(template.encode()).hexdigest()[:12]
-        self.max_model_len = int(getattr(self.model.config, "max_position_embeddings", 2048))
         try:
             gen = GenerationConfig.from_pretrained(self.model_dir)
         except OSError:
@@ -143,9 +191,11 @@ class LocalEngine:
         self.default_temperature = float(gen.temperature or 1.0) if gen.do_sample else 0.0
         self.default_top_p = float(gen.top_p or 1.0)
 
-        from hkllm.serve.decoders import calibrate_threads, make_decoder
+        from hkllm.serve.decoders import calibrate_threads
 
-        self.decoder = make_decoder(self.model, max_batch, self.pad_id, decoder)
+        self.model, self.decoder, self.precision = load_for_serving(self.model_dir, precision, max_batch,
+                                                                    self.pad_id, decoder)
+        self.max_model_len = int(getattr(self.model.config, "max_position_embeddings", 2048))
         cores = len(os.sched_getaffinity(0))
         self._threads = ({"small": threads, "large": threads} if threads
                          else calibrate_threads(self.decoder, cores, max_batch))
@@ -268,6 +318,12 @@ class LocalEngine:
         return await fut
 
     def _compile(self) -> None:
+        # Exporting the step patches math.pow for the whole process while it traces, and numba, when it
+        # first compiles the watermark's kernels in the gateway's thread meanwhile, reads it and fails
+        # (the server aborted): those kernels are compiled (or loaded from numba's cache) first.
+        from hkllm.safety.watermark import compile_kernels
+
+        compile_kernels()
         why = self.decoder.compile(self._threads)
         if why:
             log.warning("embedded engine: decode step not compiled (%s); eager steps", why)

@@ -92,15 +92,21 @@ def test_thread_calibration_picks_a_count_it_may_use():
     assert torch.get_num_threads() == before and decoder.rows == 0
 
 
-def test_compiled_step_matches_eager_and_compiles_nothing_while_serving():
-    """`compile` builds every graph up front: rows joining up to max_batch, leaving down to one, and
-    lengths past the cache's doublings must reuse them (a compile mid-serving stalls every user for
-    seconds) and give the eager step's logits."""
+def test_compiled_step_matches_eager_and_compiles_nothing_while_serving(tmp_path, monkeypatch):
+    """`compile` builds one program up front: rows joining up to max_batch, leaving down to one, and
+    lengths past the cache's doublings must all run it (a compile mid-serving stalls every user for
+    seconds) and give the eager step's logits. A second decoder of the same weights loads it from
+    the disk cache instead of compiling."""
     from torch._dynamo.utils import counters
 
+    monkeypatch.setenv("HKLLM_CACHE_DIR", str(tmp_path))
     eager = make_decoder(tiny("qwen2", layers=1), max_batch=5, pad_id=0)     # one layer: half the compile time
     compiled = make_decoder(tiny("qwen2", layers=1), max_batch=5, pad_id=0)
     assert compiled.compile({"small": 1, "large": 1}) is None and compiled.name == "slots, compiled"
+    assert len(list((tmp_path / "aoti").glob("step-*.pt2"))) == 1
+    calls = []
+    runner = compiled._runners[1]
+    compiled._runners[1] = lambda *a: calls.append(1) or runner(*a)
     graphs = counters["stats"]["unique_graphs"]
     before = torch.get_num_threads()
     torch.set_num_threads(1)                    # as the engine does for every batch size here (restored below:
@@ -124,4 +130,12 @@ def test_compiled_step_matches_eager_and_compiles_nothing_while_serving():
     finally:
         torch.set_num_threads(before)
     assert int(compiled.lengths.max()) > 128                       # past two doublings of the 64-position slots
+    assert len(calls) == 199, "every step ran the compiled program"     # step 0 only prefills
     assert counters["stats"]["unique_graphs"] == graphs, "a graph was compiled while serving"
+
+    def no_compiling(*a, **k):
+        raise AssertionError("compiled again although the program is cached")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiling)
+    again = make_decoder(tiny("qwen2", layers=1), max_batch=5, pad_id=0)
+    assert again.compile({"small": 1, "large": 1}) is None

@@ -199,3 +199,25 @@ def test_transformers_decoder_decodes_the_same_tokens(model_dir, engine):
         assert a == b
     finally:
         padded.close()
+
+
+def test_serving_precision_on_a_native_bf16_cpu_is_timed_not_assumed(model_dir, monkeypatch):
+    """`auto` where the CPU has native bf16: both precisions are timed and the faster kept, saying so.
+    (Any CPU can run this: where bf16 is emulated it is slow, and fp32 must win.)"""
+    from hkllm import precision
+    from hkllm.serve import engine as E
+
+    native_here = precision.cpu_bf16_support()[0]
+    monkeypatch.delenv("HKLLM_PRECISION", raising=False)
+    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: (True, "CPU has native bf16 (pretend)"))
+    model, decoder, chosen = E.load_for_serving(model_dir, "auto", 4, 0, "auto")
+    assert chosen.name in ("bf16", "fp32") and model.dtype == chosen.torch_dtype == decoder.dtype
+    assert "a step at 1 · 4 rows took" in chosen.reason and " ms in bf16, " in chosen.reason and " in fp32" in chosen.reason
+    if not native_here:                           # emulated bf16 is many times slower: the timing must see it
+        assert chosen.name == "fp32", chosen.reason
+
+    monkeypatch.setattr(E, "TIME_BOTH_MAX_PARAMS", 0)     # too big to load twice: bf16, as the hardware says
+    model, _, chosen = E.load_for_serving(model_dir, "auto", 4, 0, "auto")
+    assert (chosen.name, chosen.reason, model.dtype) == ("bf16", "CPU has native bf16 (pretend)", torch.bfloat16)
+    _, _, chosen = E.load_for_serving(model_dir, "fp32", 4, 0, "auto")        # asked for: not second-guessed
+    assert chosen.name == "fp32" and "took" not in chosen.reason
