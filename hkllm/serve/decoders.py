@@ -203,6 +203,7 @@ class SlotDecoder:
             positions = torch.arange(self.max_len)[None]
             cos, sin = model.model.rotary_emb(torch.zeros(1, dtype=p.dtype), positions)
         self.cos, self.sin = cos[0].to(p.dtype), sin[0].to(p.dtype)     # [max_len, head_dim]
+        self.positions = torch.arange(self.max_len + 1)                 # a step's span is a slice of it
         self.dtype = p.dtype
         self._decode, self.compiled = self._decode_step, False     # `compile` swaps in a compiled one
         self.reset()
@@ -317,15 +318,17 @@ class SlotDecoder:
         # One spare row and position: the compiled program was exported over a table longer than its live
         # rows and span, and is kept to that case.
         self._reserve(self.rows + 1, span + 1)
-        hidden = torch.arange(span)[None] > pos[:, None]                             # [rows, span]
-        logits = self._decode(next_ids, pos, hidden, self.kv)
+        logits = self._decode(next_ids, pos, self.positions[:span], self.kv)
         self.lengths = pos + 1
         return logits
 
-    def _decode_step(self, next_ids: torch.Tensor, pos: torch.Tensor, hidden: torch.Tensor,
+    def _decode_step(self, next_ids: torch.Tensor, pos: torch.Tensor, span_positions: torch.Tensor,
                      kv: torch.Tensor) -> torch.Tensor:
         """The step's tensor work, and nothing else: what `compile` exports and compiles."""
-        n, span = hidden.shape
+        n, span = pos.shape[0], span_positions.shape[0]
+        # Which of the span's positions each row has not reached: built here, where it is one fused loop,
+        # not by four tensor operations of a Python step (3-5% of a one-row token).
+        hidden = span_positions[None] > pos[:, None]                                  # [rows, span]
         cos, sin = self.cos[pos][:, None, None], self.sin[pos][:, None, None]     # [rows, 1, 1, dim]
         hidden = hidden[:, None, None]                                                # [rows, 1, 1, span]
         rows = torch.arange(n)
@@ -435,17 +438,17 @@ class SlotDecoder:
             out += [w for w in vars(layer).values() if isinstance(w, torch.Tensor)]
         return out
 
-    def _compiled_step(self, next_ids, pos, hidden, kv) -> torch.Tensor:
+    def _compiled_step(self, next_ids, pos, span_positions, kv) -> torch.Tensor:
         use = getattr(self, "_use_compiled", None)
         if use is not None and not use["small" if len(next_ids) <= 2 else "large"]:
-            return self._decode_step(next_ids, pos, hidden, kv)
+            return self._decode_step(next_ids, pos, span_positions, kv)
         runner = self._runners.get(torch.get_num_threads()) or next(iter(self._runners.values()))
-        return runner(next_ids, pos, hidden, kv)
+        return runner(next_ids, pos, span_positions, kv)
 
     def _compiled_program(self, threads: int, cache: bool):
         """The AOTInductor program of `_decode_step` for this thread count: from the disk cache when
-        one was compiled for these very weights (their bytes are hashed: the program embeds them),
-        else exported, compiled and, with `cache`, kept there."""
+        one was compiled from this code for these very weights (their bytes are hashed: the program
+        embeds them), else exported, compiled and, with `cache`, kept there."""
         import hashlib
         import os
         import tempfile
@@ -457,6 +460,7 @@ class SlotDecoder:
         if cache:
             shape = (self.heads, self.kv_heads, self.head_dim, self.eps, self.scale, self.max_len, self.max_batch)
             h = hashlib.blake2b(f"{shape}|{self.dtype}|{threads}|{torch.__version__}".encode())
+            h.update(Path(__file__).read_bytes())   # the step's code: an edited step is another program
             for t in self._weights():
                 h.update(str((tuple(t.shape), t.stride())).encode())
                 h.update(t.contiguous().view(torch.uint8).numpy())
@@ -474,7 +478,7 @@ class SlotDecoder:
         # a thread that first compiles numba kernels meanwhile fails (LocalEngine._compile).
         with torch.inference_mode():
             program = torch.export.export(_Step(self), self._trial_inputs(3), dynamic_shapes=(
-                {0: rows}, {0: rows}, {0: rows, 1: span}, {2: table_rows, 4: table_len}))
+                {0: rows}, {0: rows}, {0: span}, {2: table_rows, 4: table_len}))
             if path is None:
                 return torch._inductor.aoti_load_package(torch._inductor.aoti_compile_and_package(program))
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -493,9 +497,8 @@ class SlotDecoder:
         gen = torch.Generator().manual_seed(rows)
         kv = torch.randn((len(self.layers), 2, rows + 1, self.kv_heads, 64, self.head_dim), generator=gen)
         pos = torch.tensor([9 + rows - r % 3 for r in range(rows)])
-        hidden = torch.arange(int(pos.max()) + 1)[None] > pos[:, None]
         ids = torch.tensor([(7 * r + 3) % self.embed.shape[0] for r in range(rows)])
-        return ids, pos, hidden, kv.to(self.dtype)
+        return ids, pos, self.positions[:int(pos.max()) + 1], kv.to(self.dtype)
 
     def _trial_step(self, decode, rows: int) -> torch.Tensor:
         """One step of `decode` over a scratch slot table."""
@@ -511,8 +514,8 @@ class _Step(torch.nn.Module):
         super().__init__()
         self.decoder = decoder
 
-    def forward(self, next_ids, pos, hidden, kv):
-        return self.decoder._decode_step(next_ids, pos, hidden, kv)
+    def forward(self, next_ids, pos, span_positions, kv):
+        return self.decoder._decode_step(next_ids, pos, span_positions, kv)
 
 
 def make_decoder(model, max_batch: int, pad_id: int, choice: str = "auto"):
