@@ -28,8 +28,6 @@ from hkllm.app.web import HERE, mount
 from hkllm.serve.app import Settings, build_app
 from hkllm.serve.testing import LiveServer, ScriptedEngine
 
-REPO = Path(__file__).resolve().parents[1]
-
 PAGES = ["/app", "/app/draft", "/app/rewrite", "/app/translate", "/app/summarize", "/app/ask", "/app/docs"]
 TEXTS = ["我哋聽日去飲茶，你嚟唔嚟？", "佢琴日冇返工，因為發燒。", "呢份文件要喺下個禮拜交。", "唔該你幫我影印多三份。"]
 WATCH = """() => {

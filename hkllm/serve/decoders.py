@@ -205,7 +205,7 @@ class SlotDecoder:
         self.cos, self.sin = cos[0].to(p.dtype), sin[0].to(p.dtype)     # [max_len, head_dim]
         self.positions = torch.arange(self.max_len + 1)                 # a step's span is a slice of it
         self.dtype = p.dtype
-        self._decode, self.compiled = self._decode_step, False     # `compile` swaps in a compiled one
+        self._decode = self._decode_step              # `compile` swaps in a compiled one
         self.reset()
 
     def reset(self) -> None:
@@ -402,7 +402,7 @@ class SlotDecoder:
         for size, rows in (("small", 1), ("large", min(8, self.max_batch))) if where_faster else ():
             torch.set_num_threads(threads[size])
             try:
-                eager, compiled = self._trial_seconds(self._decode_step, rows), self._trial_seconds(self._compiled_step, rows)
+                eager, compiled = self._trial_seconds(self._decode_step, rows), self._trial_seconds(runners[threads[size]], rows)
             finally:
                 torch.set_num_threads(before)
             use[size] = compiled < eager
@@ -411,8 +411,7 @@ class SlotDecoder:
             return f"the compiled step is no faster ({'; '.join(speed)})"
         self._use_compiled = use
         self._decode = self._compiled_step
-        self.compiled, self.name = True, "slots, compiled" + ("" if all(use.values()) else
-                                                             f" for {'1-2' if use['small'] else '3+'} rows")
+        self.name = "slots, compiled" + ("" if all(use.values()) else f" for {'1-2' if use['small'] else '3+'} rows")
         log.info("embedded engine: decode step compiled in %.1f s (%s)", time.perf_counter() - start, "; ".join(speed))
         return None
 
@@ -439,8 +438,7 @@ class SlotDecoder:
         return out
 
     def _compiled_step(self, next_ids, pos, span_positions, kv) -> torch.Tensor:
-        use = getattr(self, "_use_compiled", None)
-        if use is not None and not use["small" if len(next_ids) <= 2 else "large"]:
+        if not self._use_compiled["small" if len(next_ids) <= 2 else "large"]:
             return self._decode_step(next_ids, pos, span_positions, kv)
         runner = self._runners.get(torch.get_num_threads()) or next(iter(self._runners.values()))
         return runner(next_ids, pos, span_positions, kv)
