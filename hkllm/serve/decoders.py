@@ -211,6 +211,9 @@ class SlotDecoder:
     def reset(self) -> None:
         self.rows = 0
         self.lengths = torch.zeros(0, dtype=torch.long)
+        # The longest row's length as a Python int, so that a step reads no tensor before its program
+        # runs (every eager op lets the GIL go, and the HTTP thread, just woken, takes it: engine.py).
+        self.longest = 0
         # Every layer's keys and values in one tensor: [layers, 2 (k, v), row capacity, kv heads,
         # length capacity, head dim]. One tensor, not one per layer and kind, because a compiled step
         # is called with each tensor's varying sizes as arguments that its C++ wrapper turns into
@@ -250,6 +253,7 @@ class SlotDecoder:
                 order[h] = m
         self.rows = n
         self.lengths = self.lengths[:n].clone()
+        self.longest = int(self.lengths.max()) if n else 0
         if not n:
             self.reset()
         return order
@@ -307,6 +311,7 @@ class SlotDecoder:
             x = self._mlp(layer, x)
         last = x[torch.arange(count), lengths - 1]
         self.lengths = torch.cat([self.lengths, lengths])
+        self.longest = max(self.longest, width)
         self.rows = first + count
         return self._logits(last)
 
@@ -314,12 +319,13 @@ class SlotDecoder:
         """One token per row at its own position: write its k/v into the row's slot, attend over
         the row's filled length (a mask hides the rest of the slot)."""
         pos = self.lengths
-        span = int(pos.max()) + 1
+        span = self.longest + 1
         # One spare row and position: the compiled program was exported over a table longer than its live
         # rows and span, and is kept to that case.
         self._reserve(self.rows + 1, span + 1)
         logits = self._decode(next_ids, pos, self.positions[:span], self.kv)
         self.lengths = pos + 1
+        self.longest += 1
         return logits
 
     def _decode_step(self, next_ids: torch.Tensor, pos: torch.Tensor, span_positions: torch.Tensor,
@@ -454,6 +460,8 @@ class SlotDecoder:
 
         from torch.export import Dim
 
+        from hkllm.serve.aoti import load_program
+
         path = None
         if cache:
             shape = (self.heads, self.kv_heads, self.head_dim, self.eps, self.scale, self.max_len, self.max_batch)
@@ -466,7 +474,7 @@ class SlotDecoder:
             path = folder / f"step-{h.hexdigest()[:24]}.pt2"
             if path.exists():
                 try:
-                    return torch._inductor.aoti_load_package(str(path))
+                    return load_program(path)
                 except Exception as e:              # a damaged or foreign file: compile over it
                     log.warning("embedded engine: cached decode step %s unusable (%s); compiling again", path, e)
         rows, span = Dim("rows", min=1, max=self.max_batch), Dim("span", min=1, max=self.max_len)
@@ -478,7 +486,7 @@ class SlotDecoder:
             program = torch.export.export(_Step(self), self._trial_inputs(3), dynamic_shapes=(
                 {0: rows}, {0: rows}, {0: span}, {2: table_rows, 4: table_len}))
             if path is None:
-                return torch._inductor.aoti_load_package(torch._inductor.aoti_compile_and_package(program))
+                return load_program(torch._inductor.aoti_compile_and_package(program))
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".partial-", suffix=".pt2")
             os.close(fd)
@@ -488,7 +496,7 @@ class SlotDecoder:
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
-        return torch._inductor.aoti_load_package(str(path))
+        return load_program(path)
 
     def _trial_inputs(self, rows: int) -> tuple:
         """A step's inputs over a scratch slot table (fixed random contents; rows at different lengths)."""

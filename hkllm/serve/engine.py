@@ -361,11 +361,18 @@ class LocalEngine:
                     loop.call_soon_threadsafe(lambda f=fut, e=e: f.done() or f.set_exception(e))
             try:
                 if joining:
+                    self._flush()
                     batch = self._prefill(batch, joining)
                 if batch:
                     want = self._threads["small" if len(batch.live) <= 2 else "large"]
                     if torch.get_num_threads() != want:
                         torch.set_num_threads(want)
+                    # The last step's Events go out just before this step's forward pass, which lets the
+                    # GIL go (aoti.py), so that the HTTP thread, woken by them, does its work meanwhile.
+                    # Flushed after the step instead, they woke it while this thread was still in Python,
+                    # and every eager op here let it in, after which this thread waited for it: the two
+                    # threads took turns (py-spy at one user, dev/LOG.md issue 14, stop 26).
+                    self._flush()
                     batch = self._step(batch)
             except Exception as e:
                 for seq in (batch.live if batch else []) + joining:
@@ -375,7 +382,8 @@ class LocalEngine:
                                                    completion_tokens=len(seq.generated)))
                 batch = None
                 self.decoder.reset()
-            self._flush()
+            if batch is None:             # no step follows to flush them
+                self._flush()
             with self._cond:
                 self._running = len(batch.live) if batch else 0
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from hkllm.serve.aoti import Program
 from hkllm.serve.decoders import PaddedDecoder, SlotDecoder, calibrate_threads, make_decoder, slot_decoder_unfit
 
 
@@ -107,6 +108,7 @@ def test_compiled_step_matches_eager_and_compiles_nothing_while_serving(tmp_path
     assert len(list((tmp_path / "aoti").glob("step-*.pt2"))) == 1
     calls = []
     runner = compiled._runners[1]
+    assert isinstance(runner, Program), "called through its C ABI, the GIL released (aoti.py)"
     compiled._runners[1] = lambda *a: calls.append(1) or runner(*a)
     graphs = counters["stats"]["unique_graphs"]
     before = torch.get_num_threads()
