@@ -579,7 +579,7 @@ def _tolerance(dtype: torch.dtype, logits: torch.Tensor) -> float:
     return (1e-3 if dtype == torch.float32 else 0.1) * max(1.0, float(logits.abs().max()))
 
 
-HEAVY_STEP_S = 0.02      # a batch-8 step this long on one thread: large batches may use every core
+HEAVY_STEP_S = 0.02      # a step this long on one thread: that batch size may use every core
 
 
 def calibrate_threads(decoder, cores: int, max_batch: int, steps: int = 9) -> dict:
@@ -587,11 +587,13 @@ def calibrate_threads(decoder, cores: int, max_batch: int, steps: int = 9) -> di
 
     A small model's step is mostly dispatch, which a second thread only slows down (and keeps
     spinning: twice the CPU per token); a large one's matmuls gain from every core. Which side of
-    that line a model is on depends on the machine, so time a few steps with each setting. A large
-    batch of a light model leaves one core to the HTTP layer: with every core in torch's pool, the
+    that line a model is on depends on the machine, so time a few steps with each setting. A light
+    model leaves one core to the HTTP layer at every batch size: with every core in torch's pool, the
     event loop that streams tokens and the matmuls fight over the same cores (the quickstart model at
-    32 streams: 1 thread gave ~1.5x the throughput of 2). A heavy model's steps (SmolLM2: ~0.3 s at
-    batch 8) dwarf that loop's work, so it may take every core.
+    32 streams: 1 thread gave ~1.5x the throughput of 2; at one stream, where the compiled step runs
+    with the GIL released beside the HTTP thread, a start that chose 2 threads fell from ~1,750 to
+    570 tok/s). A heavy model's steps (SmolLM2: ~0.3 s at batch 8) dwarf that loop's work, so it may
+    take every core.
     """
     import statistics
 
@@ -615,13 +617,15 @@ def calibrate_threads(decoder, cores: int, max_batch: int, steps: int = 9) -> di
         median = {t: statistics.median(v) for t, v in times.items()}
         return next(t for t in counts if median[t] <= min(median.values()) / 0.9)
 
+    def usable(rows: int) -> int:
+        """Cores torch may have at this batch size: all when a one-thread step is that long (compute
+        dominates and the HTTP loop's share is small), else all but the HTTP thread's."""
+        return cores if cores > 1 and per_step(1, rows) >= HEAVY_STEP_S else max(1, cores - 1)
+
     before = torch.get_num_threads()
     try:
-        small = fewest(cores, 1)
         rows = min(8, max_batch)
-        one = per_step(1, rows) if cores > 1 else 0.0
-        # A step that long (a model where compute dominates) leaves the HTTP loop a small share: all cores may go.
-        large = fewest(cores if one >= HEAVY_STEP_S else cores - 1, rows)
+        small, large = fewest(usable(1), 1), fewest(usable(rows), rows)
     finally:
         decoder.reset()
         torch.set_num_threads(before)

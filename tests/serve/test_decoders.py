@@ -89,8 +89,27 @@ def test_thread_calibration_picks_a_count_it_may_use():
     decoder = SlotDecoder(tiny("llama"), max_batch=8)
     before = torch.get_num_threads()
     threads = calibrate_threads(decoder, cores=2, max_batch=8, steps=2)
-    assert 1 <= threads["small"] <= 2 and threads["large"] == 1     # a light model leaves a core to HTTP
+    assert threads == {"small": 1, "large": 1}      # a light model leaves a core to HTTP at every batch size
     assert torch.get_num_threads() == before and decoder.rows == 0
+
+
+def test_thread_calibration_leaves_the_http_thread_a_core_unless_steps_are_long(monkeypatch):
+    """Here a second thread always halves a step. A light model (1 ms steps) still gets one thread:
+    the HTTP thread runs beside the step (the compiled one releases the GIL) and needs the other
+    core. A heavy one (50 ms a row) takes both, but only where they pay: not at one row when the
+    second thread gains nothing there."""
+    from hkllm.serve import decoders
+
+    decoder = SlotDecoder(tiny("llama"), max_batch=8)
+    for row_s, small_gains, expected in ((0.001, True, {"small": 1, "large": 1}),
+                                         (0.05, True, {"small": 2, "large": 2}),
+                                         (0.05, False, {"small": 1, "large": 2})):
+        def seconds(decoder, rows, steps, row_s=row_s, small_gains=small_gains):
+            gains = rows > 1 or small_gains
+            return row_s * rows / (torch.get_num_threads() if gains else 1)
+        monkeypatch.setattr(decoders, "step_seconds", seconds)
+        assert calibrate_threads(decoder, cores=2, max_batch=8) == expected, (row_s, small_gains)
+        assert calibrate_threads(decoder, cores=1, max_batch=8) == {"small": 1, "large": 1}
 
 
 def test_compiled_step_matches_eager_and_compiles_nothing_while_serving(tmp_path, monkeypatch):
