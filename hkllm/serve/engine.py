@@ -122,7 +122,11 @@ def load_for_serving(model_dir: Path, requested: str, max_batch: int, pad_id: in
     says nothing about a given model's steps: oneDNN/MKL's bf16 kernels gain at many rows and lose at
     few (a decoding step of the quickstart model on an AVX512_BF16 EPYC: 4.8 ms in bf16, 0.8 in fp32 at
     one row; dev/LOG.md, issue 14). So on such a CPU both are loaded and a step of each is timed at
-    one row and at a batch, in turn; bf16 is kept only if it is clearly faster (by 20%, both sizes' mean)."""
+    one row and at a batch, in turn, on every core; bf16 is kept only if it is clearly faster (by 20%,
+    both sizes' mean). Every core: a model heavy enough for the precision to matter gets them all
+    (calibrate_threads), and bf16's kernels gain more from the second one (SmolLM2's matmuls at one row,
+    1 → 2 threads: fp32 50 → 49 ms, bf16 63 → 37). Timed on one thread, SmolLM2 read 0.78 one start
+    and 0.83 the next: bf16, then fp32, and other greedy answers."""
     import math
     import statistics
 
@@ -145,7 +149,8 @@ def load_for_serving(model_dir: Path, requested: str, max_batch: int, pad_id: in
     model32, decoder32 = build(Precision("fp32", "", "cpu"))
     rows = min(8, max_batch)
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    cores = len(os.sched_getaffinity(0))
+    torch.set_num_threads(cores)
     times = {"bf16": {1: [], rows: []}, "fp32": {1: [], rows: []}}
     try:
         for _ in range(3):                       # in turn, medians: this machine's speed drifts (calibrate_threads)
@@ -156,7 +161,7 @@ def load_for_serving(model_dir: Path, requested: str, max_batch: int, pad_id: in
         torch.set_num_threads(before)
     ms = {name: {r: 1e3 * statistics.median(v) for r, v in by_rows.items()} for name, by_rows in times.items()}
     ratio = math.sqrt(ms["bf16"][1] / ms["fp32"][1] * ms["bf16"][rows] / ms["fp32"][rows])
-    detail = (f"a step at 1 · {rows} rows took {ms['bf16'][1]:.2f} · {ms['bf16'][rows]:.2f} ms in bf16, "
+    detail = (f"a step on {cores} thread(s) at 1 · {rows} rows took {ms['bf16'][1]:.2f} · {ms['bf16'][rows]:.2f} ms in bf16, "
               f"{ms['fp32'][1]:.2f} · {ms['fp32'][rows]:.2f} in fp32")
     # bf16 must win clearly: the two precisions give different greedy answers, and a near tie would
     # pick one or the other from one start to the next (SmolLM2 here: 0.88 one time, 1.01 the next).

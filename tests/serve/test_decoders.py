@@ -85,6 +85,24 @@ def test_padded_decoder_matches_transformers_after_transposing_its_weights():
             assert torch.allclose(logits[r], reference_logits(model, ids), atol=1e-4)
 
 
+def test_trial_steps_run_over_a_prefilled_scratch_table_and_leave_the_live_rows_alone():
+    """The compile check and timings step over a table an eager prefill filled (in-range
+    activations; random keys and values made bf16 steps differ by logits, decoders.py), while the
+    live rows go on being served beside them."""
+    model = tiny("llama")
+    decoder = SlotDecoder(model, max_batch=8)
+    with torch.inference_mode():
+        decoder.prefill([[3, 4, 5], [7] * 6])
+    live = (decoder.rows, decoder.longest, decoder.lengths.clone(), decoder.kv, decoder.kv.clone())
+    ids, lengths, span, kv = decoder._trial_inputs(3)
+    assert (decoder.rows, decoder.longest) == live[:2] and torch.equal(decoder.lengths, live[2])
+    assert decoder.kv is live[3] and torch.equal(decoder.kv, live[4]) and kv is not decoder.kv
+    assert lengths.tolist() == [12, 11, 10] and len(span) == 13 and kv.shape[2] >= 4 and kv.shape[4] >= 14
+    # Row 0's keys are those of its prompt (a prefill's), zeros past it; the step over them runs.
+    assert kv[:, :, 0, :, :12].abs().sum() > 0 and kv[:, :, 0, :, 12:].abs().sum() == 0
+    assert decoder._trial_step(decoder._decode_step, 3).shape == (3, 300)
+
+
 def test_thread_calibration_picks_a_count_it_may_use():
     decoder = SlotDecoder(tiny("llama"), max_batch=8)
     before = torch.get_num_threads()

@@ -212,7 +212,7 @@ def test_serving_precision_on_a_native_bf16_cpu_is_timed_not_assumed(model_dir, 
     monkeypatch.setattr(precision, "cpu_bf16_support", lambda: (True, "CPU has native bf16 (pretend)"))
     model, decoder, chosen = E.load_for_serving(model_dir, "auto", 4, 0, "auto")
     assert chosen.name in ("bf16", "fp32") and model.dtype == chosen.torch_dtype == decoder.dtype
-    assert "a step at 1 · 4 rows took" in chosen.reason and " ms in bf16, " in chosen.reason and " in fp32" in chosen.reason
+    assert " thread(s) at 1 · 4 rows took" in chosen.reason and " ms in bf16, " in chosen.reason and " in fp32" in chosen.reason
     if not native_here:                           # emulated bf16 is many times slower: the timing must see it
         assert chosen.name == "fp32", chosen.reason
 
