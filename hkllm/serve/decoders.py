@@ -152,10 +152,28 @@ def _fuse_transposed(linears: list) -> tuple[torch.Tensor, torch.Tensor | None]:
     return weight, bias
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x @ weight (+ bias), weight [in, out]."""
-    out = x @ weight
-    return out if bias is None else out + bias
+# bf16 weights are also held reordered for oneDNN's kernels up to this many parameters (a second
+# copy: the [in, out] one stays, for the compiled step and transformers' forward).
+PACK_MAX_PARAMS = 500_000_000
+
+
+def _onednn_packed(decoder: SlotDecoder) -> dict[int, torch.Tensor]:
+    """id(weight [in, out]) -> the same matrix reordered for oneDNN's bf16 matmul (`_linear`), on a
+    CPU where oneDNN computes bf16; {} where it does not, or for fp32. SmolLM2's matrices at 1 · 8
+    rows, two threads, weights streamed from memory: 31 · 36 ms a step as `x @ W`, 22 · 17 reordered
+    (dev/LOG.md, issue 14, stop 27); fp32's reordered MKL kernels gained little (66 → 48 at one row,
+    105 → 91 at 8), so fp32 stays as it is."""
+    weights = [decoder.lm_head] + [w for layer in decoder.layers
+                                   for w in (layer.qkv_w, layer.o_w, layer.gate_up_w, layer.down_w)]
+    if (decoder.dtype != torch.bfloat16 or weights[0].device.type != "cpu"
+            or sum(w.numel() for w in weights) > PACK_MAX_PARAMS
+            or not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return {}
+    try:
+        return {id(w): torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), 1) for w in weights}
+    except RuntimeError as e:               # an oneDNN build without these kernels: the plain product
+        log.info("embedded engine: bf16 weights not reordered for oneDNN (%s)", e)
+        return {}
 
 
 def slot_decoder_unfit(model) -> str | None:
@@ -206,6 +224,9 @@ class SlotDecoder:
         self.positions = torch.arange(self.max_len + 1)                 # a step's span is a slice of it
         self.dtype = p.dtype
         self._decode = self._decode_step              # `compile` swaps in a compiled one
+        self._packed = _onednn_packed(self)
+        if self._packed:
+            self.name = "slots, oneDNN bf16 matmuls"
         self.reset()
 
     def reset(self) -> None:
@@ -271,14 +292,22 @@ class SlotDecoder:
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x @ weight (+ bias), weight [in, out]; through its oneDNN copy where there is one."""
+        packed = self._packed.get(id(weight))
+        if packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+        out = x @ weight
+        return out if bias is None else out + bias
+
     def _mlp(self, layer: _Layer, x: torch.Tensor) -> torch.Tensor:
-        gate, up = _linear(self._norm(x, layer.norm2), layer.gate_up_w, layer.gate_up_b).chunk(2, dim=-1)
-        return x + _linear(F.silu(gate) * up, layer.down_w, layer.down_b)
+        gate, up = self._linear(self._norm(x, layer.norm2), layer.gate_up_w, layer.gate_up_b).chunk(2, dim=-1)
+        return x + self._linear(F.silu(gate) * up, layer.down_w, layer.down_b)
 
     def _qkv(self, layer: _Layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """q [rows, heads, seq, dim] and k, v [rows, kv heads, seq, dim] for x [rows, seq, hidden]."""
         rows, seq = x.shape[:2]
-        qkv = _linear(self._norm(x, layer.norm1), layer.qkv_w, layer.qkv_b)
+        qkv = self._linear(self._norm(x, layer.norm1), layer.qkv_w, layer.qkv_b)
         q, k, v = qkv.split([self.heads * self.head_dim, self.kv_heads * self.head_dim,
                              self.kv_heads * self.head_dim], dim=-1)
         q = q.view(rows, seq, self.heads, self.head_dim).transpose(1, 2)
@@ -287,7 +316,7 @@ class SlotDecoder:
         return self._rotate(q, cos, sin), self._rotate(k, cos, sin), v
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return (self._norm(x, self.final_norm) @ self.lm_head).float()
+        return self._linear(self._norm(x, self.final_norm), self.lm_head, None).float()
 
     def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
         """New rows after the running ones; right-padded, causal attention over their own prompts
@@ -307,7 +336,7 @@ class SlotDecoder:
             self.kv[i, 1, first:first + count, :, :width] = v
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale,
                                                enable_gqa=self.heads != self.kv_heads)
-            x = x + _linear(o.transpose(1, 2).reshape(count, width, -1), layer.o_w, layer.o_b)
+            x = x + self._linear(o.transpose(1, 2).reshape(count, width, -1), layer.o_w, layer.o_b)
             x = self._mlp(layer, x)
         last = x[torch.arange(count), lengths - 1]
         self.lengths = torch.cat([self.lengths, lengths])
@@ -350,7 +379,7 @@ class SlotDecoder:
             scores = torch.matmul(q.view(n, self.kv_heads, group, self.head_dim), keys.transpose(-1, -2))
             scores = scores.mul_(self.scale).masked_fill_(hidden, float("-inf"))
             o = torch.matmul(torch.softmax(scores, dim=-1), values)                   # [rows, kv heads, group, dim]
-            x = x + _linear(o.reshape(n, 1, -1), layer.o_w, layer.o_b)
+            x = x + self._linear(o.reshape(n, 1, -1), layer.o_w, layer.o_b)
             x = self._mlp(layer, x)
         return self._logits(x[:, 0])
 
@@ -527,8 +556,12 @@ class _Step(torch.nn.Module):
     """`SlotDecoder._decode_step` as a module, which torch.export takes (the weights become constants)."""
 
     def __init__(self, decoder: SlotDecoder):
+        import copy
+
         super().__init__()
-        self.decoder = decoder
+        # A copy without oneDNN's reordered weights: they are opaque tensors that a program cannot embed.
+        self.decoder = copy.copy(decoder)
+        self.decoder._packed = {}
 
     def forward(self, next_ids, pos, span_positions, kv):
         return self.decoder._decode_step(next_ids, pos, span_positions, kv)

@@ -85,6 +85,31 @@ def test_padded_decoder_matches_transformers_after_transposing_its_weights():
             assert torch.allclose(logits[r], reference_logits(model, ids), atol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["llama-tied", "qwen2"])
+def test_bf16_slots_match_fp32_transformers_with_and_without_onednn_weights(kind):
+    """In bf16 the matrices go through oneDNN's reordered copies where this CPU computes bf16 in
+    oneDNN (decoders._onednn_packed); either way the logits are fp32 transformers' within bf16's
+    rounding, through prefill and steps."""
+    reference = tiny(kind)
+    model = tiny(kind).to(torch.bfloat16)
+    decoder = SlotDecoder(model, max_batch=4)
+    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert len(decoder._packed) == 1 + 4 * len(decoder.layers) and "oneDNN" in decoder.name
+    rows = [[3, 4, 5], [7] * 9]
+    for packed in (decoder._packed, {}):
+        decoder._packed = packed
+        decoder.reset()
+        with torch.inference_mode():
+            logits = decoder.prefill(rows)
+            for _ in range(3):
+                for r, ids in enumerate(rows):
+                    want = reference_logits(reference, ids)
+                    assert (logits[r] - want).abs().max() < 0.05 * max(1.0, float(want.abs().max())), (kind, bool(packed))
+                nxt = logits.argmax(-1)
+                rows = [ids + [int(t)] for ids, t in zip(rows, nxt)]
+                logits = decoder.step(nxt)
+
+
 def test_trial_steps_run_over_a_prefilled_scratch_table_and_leave_the_live_rows_alone():
     """The compile check and timings step over a table an eager prefill filled (in-range
     activations; random keys and values made bf16 steps differ by logits, decoders.py), while the
