@@ -21,6 +21,7 @@ The engine (engine.py) owns the requests; a decoder owns only tensors. Two of th
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
@@ -161,8 +162,8 @@ def _onednn_packed(decoder: SlotDecoder) -> dict[int, torch.Tensor]:
     """id(weight [in, out]) -> the same matrix reordered for oneDNN's bf16 matmul (`_linear`), on a
     CPU where oneDNN computes bf16; {} where it does not, or for fp32. SmolLM2's matrices at 1 · 8
     rows, two threads, weights streamed from memory: 31 · 36 ms a step as `x @ W`, 22 · 17 reordered
-    (dev/LOG.md, issue 14, stop 27); fp32's reordered MKL kernels gained little (66 → 48 at one row,
-    105 → 91 at 8), so fp32 stays as it is."""
+    (dev/LOG.md, issue 14, stop 27). fp32's reordered MKL weights ran no faster than the [in, out]
+    product used here (48 against 49 ms at one row), so fp32 stays as it is."""
     weights = [decoder.lm_head] + [w for layer in decoder.layers
                                    for w in (layer.qkv_w, layer.o_w, layer.gate_up_w, layer.down_w)]
     if (decoder.dtype != torch.bfloat16 or weights[0].device.type != "cpu"
@@ -533,8 +534,6 @@ class SlotDecoder:
         activations leave the range the weights were trained for, and bf16 rounding, however the sums
         are ordered, grows to logits several apart: SmolLM2's compiled and eager bf16 steps differed
         by 2.65 (and each from fp32 as much), which refused the program; over a prefilled table, 0.25."""
-        import copy
-
         scratch = copy.copy(self)        # the same weights, a slot table of its own
         scratch.reset()
         vocab = self.embed.shape[0]
@@ -556,8 +555,6 @@ class _Step(torch.nn.Module):
     """`SlotDecoder._decode_step` as a module, which torch.export takes (the weights become constants)."""
 
     def __init__(self, decoder: SlotDecoder):
-        import copy
-
         super().__init__()
         # A copy without oneDNN's reordered weights: they are opaque tensors that a program cannot embed.
         self.decoder = copy.copy(decoder)

@@ -40,6 +40,7 @@ import torch
 
 # The contract's types, re-exported: callers have always imported them from here.
 from hkllm.serve.contract import ErrorEvent, Event, Generation, SamplingParams, longest_stop_prefix  # noqa: F401
+from hkllm.serve.openmp import release_idle_threads
 
 log = logging.getLogger("hkllm.serve")
 
@@ -223,6 +224,8 @@ class LocalEngine:
         self._running = 0
         self._cond = threading.Condition()
         self._closed = False
+        # This thread loaded and timed the model; from here the worker runs torch (openmp.py).
+        release_idle_threads()
         self._worker = threading.Thread(target=self._loop, name="hkllm-engine", daemon=True)
         self._worker.start()
 
@@ -331,7 +334,10 @@ class LocalEngine:
         from hkllm.safety.watermark import compile_kernels
 
         compile_kernels()
-        why = self.decoder.compile(self._threads)
+        try:
+            why = self.decoder.compile(self._threads)
+        finally:
+            release_idle_threads()               # this thread's OpenMP team, now idle (openmp.py)
         if why:
             log.warning("embedded engine: decode step not compiled (%s); eager steps", why)
 
