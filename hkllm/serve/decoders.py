@@ -492,10 +492,16 @@ class SlotDecoder:
 
         from hkllm.serve.aoti import load_program
 
+        # bf16: inductor's freezing folds the weights into the program as constants and, on a CPU,
+        # swaps each matmul for oneDNN's over a reordered copy (what `_onednn_packed` does eagerly):
+        # without it the program's own bf16 matrix-vector loops made SmolLM2's step slower than eager
+        # (82 ms against 47 at one row); with it 22-27 ms against 40-46. fp32 stays unfrozen: MKL's
+        # packed fp32 matmuls made the quickstart model's step 0.3 -> 0.8 ms (dev/LOG.md, issue 14).
+        freeze = self.dtype == torch.bfloat16
         path = None
         if cache:
             shape = (self.heads, self.kv_heads, self.head_dim, self.eps, self.scale, self.max_len, self.max_batch)
-            h = hashlib.blake2b(f"{shape}|{self.dtype}|{threads}|{torch.__version__}".encode())
+            h = hashlib.blake2b(f"{shape}|{self.dtype}|{threads}|{freeze}|{torch.__version__}".encode())
             h.update(Path(__file__).read_bytes())   # the step's code: an edited step is another program
             for t in self._weights():
                 h.update(str((tuple(t.shape), t.stride())).encode())
@@ -512,7 +518,7 @@ class SlotDecoder:
         # Under inference_mode, as the worker steps (no autograd anywhere): compiling runs the program.
         # Non-strict export patches math.pow process-wide while it traces (torch/_export/non_strict_utils.py):
         # a thread that first compiles numba kernels meanwhile fails (LocalEngine._compile).
-        with torch.inference_mode():
+        with torch.inference_mode(), torch._inductor.config.patch(freezing=freeze):
             program = torch.export.export(_Step(self), self._trial_inputs(3), dynamic_shapes=(
                 {0: rows}, {0: rows}, {0: span}, {2: table_rows, 4: table_len}))
             if path is None:
@@ -556,7 +562,8 @@ class _Step(torch.nn.Module):
 
     def __init__(self, decoder: SlotDecoder):
         super().__init__()
-        # A copy without oneDNN's reordered weights: they are opaque tensors that a program cannot embed.
+        # A copy without oneDNN's reordered weights: opaque tensors that export cannot trace (in bf16
+        # the program's freezing reorders its own, `SlotDecoder._compiled_program`).
         self.decoder = copy.copy(decoder)
         self.decoder._packed = {}
 
@@ -632,7 +639,7 @@ def calibrate_threads(decoder, cores: int, max_batch: int, steps: int = 9) -> di
     event loop that streams tokens and the matmuls fight over the same cores (the quickstart model at
     32 streams: 1 thread gave ~1.5x the throughput of 2; at one stream, where the compiled step runs
     with the GIL released beside the HTTP thread, a start that chose 2 threads fell from ~1,750 to
-    570 tok/s). A heavy model's steps (SmolLM2: ~0.3 s at batch 8) dwarf that loop's work, so it may
+    570 tok/s). A heavy model's steps (SmolLM2: ~50 ms on one thread) dwarf that loop's work, so it may
     take every core.
     """
     import statistics
@@ -641,9 +648,11 @@ def calibrate_threads(decoder, cores: int, max_batch: int, steps: int = 9) -> di
         torch.set_num_threads(threads)
         return step_seconds(decoder, rows, steps)
 
-    def fewest(most: int, rows: int) -> int:
+    def fewest(most: int, rows: int, heavy: bool) -> int:
         """The fewest threads within 10% of the fastest (a tie is noise, and an idle OpenMP thread
-        still spins). The settings are timed in turn, three rounds, medians:
+        still spins); within 3% for a heavy model, whose 10 ms or more a step saved is worth a core
+        that sits idle otherwise (SmolLM2 at one row, 1 · 2 threads: ~50 · ~42 ms, which the 10% rule
+        read as a tie on one start in two). The settings are timed in turn, three rounds, medians:
         this machine's speed drifts by tens of percent from one minute to the next, which timing
         one setting after the other read as a difference between them (it once gave a light model
         2 threads for one row: c=1 throughput 538 -> 328 tok/s)."""
@@ -655,17 +664,17 @@ def calibrate_threads(decoder, cores: int, max_batch: int, steps: int = 9) -> di
             for t in counts:
                 times[t].append(per_step(t, rows))
         median = {t: statistics.median(v) for t, v in times.items()}
-        return next(t for t in counts if median[t] <= min(median.values()) / 0.9)
+        return next(t for t in counts if median[t] <= min(median.values()) / (0.97 if heavy else 0.9))
 
-    def usable(rows: int) -> int:
-        """Cores torch may have at this batch size: all when a one-thread step is that long (compute
-        dominates and the HTTP loop's share is small), else all but the HTTP thread's."""
-        return cores if cores > 1 and per_step(1, rows) >= HEAVY_STEP_S else max(1, cores - 1)
+    def threads_for(rows: int) -> int:
+        """A heavy step (one thread that long: compute dominates and the HTTP loop's share is small)
+        may use every core, a light one all but the HTTP thread's."""
+        heavy = cores > 1 and per_step(1, rows) >= HEAVY_STEP_S
+        return fewest(cores if heavy else max(1, cores - 1), rows, heavy)
 
     before = torch.get_num_threads()
     try:
-        rows = min(8, max_batch)
-        small, large = fewest(usable(1), 1), fewest(usable(rows), rows)
+        small, large = threads_for(1), threads_for(min(8, max_batch))
     finally:
         decoder.reset()
         torch.set_num_threads(before)
