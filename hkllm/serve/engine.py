@@ -364,6 +364,8 @@ class LocalEngine:
                 room = self.max_batch - (len(batch.live) if batch else 0)
                 joining = [s for s in self._waiting[:room] if not s.cancelled]
                 del self._waiting[:room]
+            if scoring:
+                self._flush()                    # the last step's tokens do not wait for the scoring
             for ids, top, loop, fut in scoring:
                 try:
                     result = self._score(ids, top)

@@ -19,6 +19,7 @@ there would build a new one.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 
 log = logging.getLogger("hkllm.serve")
@@ -26,8 +27,11 @@ log = logging.getLogger("hkllm.serve")
 _RUNTIMES = ("libgomp", "libiomp", "libomp")
 
 
+@functools.cache
 def _runtime() -> ctypes.CDLL | None:
-    """The OpenMP runtime this process has loaded (torch's own copy), or None."""
+    """The OpenMP runtime this process has loaded (torch's own copy), or None; looked up once."""
+    import torch  # noqa: F401  (loads the runtime, so that the answer kept is never a premature None)
+
     try:
         with open("/proc/self/maps", encoding="utf-8") as maps:
             paths = {line.split()[-1] for line in maps if any(r in line for r in _RUNTIMES) and "/" in line}

@@ -221,3 +221,21 @@ def test_serving_precision_on_a_native_bf16_cpu_is_timed_not_assumed(model_dir, 
     assert (chosen.name, chosen.reason, model.dtype) == ("bf16", "CPU has native bf16 (pretend)", torch.bfloat16)
     _, _, chosen = E.load_for_serving(model_dir, "fp32", 4, 0, "auto")        # asked for: not second-guessed
     assert chosen.name == "fp32" and "took" not in chosen.reason
+
+
+def test_scoring_beside_a_running_batch_does_not_hold_back_its_last_tokens(engine, monkeypatch):
+    """prompt_logprobs scores between two decoding steps; the tokens of the step before it go out
+    first, not after the scoring (a long prompt's forward pass)."""
+    pending, score = [], engine._score
+    monkeypatch.setattr(engine, "_score", lambda ids, top: pending.append(len(engine._outbox)) or score(ids, top))
+
+    async def main():
+        stream = engine.generate(engine.encode_text(PROMPTS[1]), SamplingParams(max_tokens=30, logprobs=0))
+        await stream.__anext__()                     # the batch is decoding
+        scored = await engine.prompt_logprobs(engine.encode_text(PROMPTS[2]))
+        rest = [event async for event in stream]
+        return scored, rest
+
+    scored, rest = asyncio.run(main())
+    assert len(scored) == len(engine.encode_text(PROMPTS[2])) and rest
+    assert pending == [0]
