@@ -420,7 +420,11 @@ class SlotDecoder:
                 for rows in (1, 2, 3):
                     if rows > self.max_batch:
                         break
-                    want, got = self._trial_step(self._decode_step, rows), self._trial_step(runners[count], rows)
+                    # One scratch table for both: each step writes its row's k and v at `pos` before it
+                    # reads them, so the second step sees what it would over a fresh table.
+                    with torch.inference_mode():     # every tensor made so, as the engine's worker makes them
+                        inputs = self._trial_inputs(rows)
+                        want, got = self._decode_step(*inputs), runners[count](*inputs)
                     err = float((got - want).abs().max())
                     if err > _tolerance(self.dtype, want):
                         why = f"compiled step differs from the eager one by {err:.3g} at {rows} row(s)"
@@ -550,13 +554,6 @@ class SlotDecoder:
             ids = torch.tensor([(7 * r + 3) % vocab for r in range(rows)])
             return ids, scratch.lengths, self.positions[:scratch.longest + 1], scratch.kv
 
-    def _trial_step(self, decode, rows: int) -> torch.Tensor:
-        """One step of `decode` over a scratch slot table."""
-        # Every tensor made under inference_mode, as the engine's worker makes them.
-        with torch.inference_mode():
-            return decode(*self._trial_inputs(rows))
-
-
 class _Step(torch.nn.Module):
     """`SlotDecoder._decode_step` as a module, which torch.export takes (the weights become constants)."""
 
@@ -648,29 +645,31 @@ def calibrate_threads(decoder, cores: int, max_batch: int, steps: int = 9) -> di
         torch.set_num_threads(threads)
         return step_seconds(decoder, rows, steps)
 
-    def fewest(most: int, rows: int, heavy: bool) -> int:
+    def fewest(most: int, rows: int, heavy: bool, one: float) -> int:
         """The fewest threads within 10% of the fastest (a tie is noise, and an idle OpenMP thread
         still spins); within 3% for a heavy model, whose 10 ms or more a step saved is worth a core
         that sits idle otherwise (SmolLM2 at one row, 1 · 2 threads: ~50 · ~42 ms, which the 10% rule
         read as a tie on one start in two). The settings are timed in turn, three rounds, medians:
         this machine's speed drifts by tens of percent from one minute to the next, which timing
         one setting after the other read as a difference between them (it once gave a light model
-        2 threads for one row: c=1 throughput 538 -> 328 tok/s)."""
+        2 threads for one row: c=1 throughput 538 -> 328 tok/s). `one`: a one-thread step just timed,
+        the first round's."""
         if most <= 1:
             return 1
         counts = list(range(1, most + 1))
         times = {t: [] for t in counts}
-        for _ in range(3):
+        for round_ in range(3):
             for t in counts:
-                times[t].append(per_step(t, rows))
+                times[t].append(one if round_ == 0 and t == 1 else per_step(t, rows))
         median = {t: statistics.median(v) for t, v in times.items()}
         return next(t for t in counts if median[t] <= min(median.values()) / (0.97 if heavy else 0.9))
 
     def threads_for(rows: int) -> int:
         """A heavy step (one thread that long: compute dominates and the HTTP loop's share is small)
         may use every core, a light one all but the HTTP thread's."""
-        heavy = cores > 1 and per_step(1, rows) >= HEAVY_STEP_S
-        return fewest(cores if heavy else max(1, cores - 1), rows, heavy)
+        one = per_step(1, rows)
+        heavy = cores > 1 and one >= HEAVY_STEP_S
+        return fewest(cores if heavy else max(1, cores - 1), rows, heavy, one)
 
     before = torch.get_num_threads()
     try:

@@ -43,6 +43,7 @@ def _runtime() -> ctypes.CDLL | None:
         except OSError:
             continue
         if hasattr(lib, "omp_pause_resource_all"):
+            lib.omp_pause_resource_all.argtypes = [ctypes.c_int]
             return lib
     return None
 
@@ -52,7 +53,6 @@ def release_idle_threads() -> bool:
     lib = _runtime()
     if lib is None:
         return False
-    lib.omp_pause_resource_all.argtypes = [ctypes.c_int]
     done = lib.omp_pause_resource_all(1) == 0        # 1 = omp_pause_soft
     if not done:
         log.debug("OpenMP runtime refused to pause its threads")

@@ -125,7 +125,8 @@ def test_trial_steps_run_over_a_prefilled_scratch_table_and_leave_the_live_rows_
     assert lengths.tolist() == [12, 11, 10] and len(span) == 13 and kv.shape[2] >= 4 and kv.shape[4] >= 14
     # Row 0's keys are those of its prompt (a prefill's), zeros past it; the step over them runs.
     assert kv[:, :, 0, :, :12].abs().sum() > 0 and kv[:, :, 0, :, 12:].abs().sum() == 0
-    assert decoder._trial_step(decoder._decode_step, 3).shape == (3, 300)
+    with torch.inference_mode():
+        assert decoder._decode_step(*decoder._trial_inputs(3)).shape == (3, 300)
 
 
 def test_thread_calibration_picks_a_count_it_may_use():
